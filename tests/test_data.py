@@ -11,7 +11,7 @@ from msflow.core import MSFlowError
 from msflow.data import (DataError, ImageFolder, MVTecDataset, check_images, collate, describe_dataset,
                          list_categories, read_image, read_mask, scan_category)
 
-MTD_ROOT = Path("/work/shared/data")
+MTD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
 
 
 def _save(path: Path, arr, mode=None, **kw):
