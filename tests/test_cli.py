@@ -1,0 +1,90 @@
+"The `msflow` command end to end on a tiny generated dataset: train -> test -> predict, and its errors."
+import csv, json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+from msflow.demo_data import make_demo_dataset
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+TINY = ["--weights", "random", "--input-size", "64", "--epochs", "2", "--batch-size", "4", "--blocks", "1,1,1",
+        "--val-fraction", "0.25", "--device", "cpu"]
+
+
+def msflow(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "msflow.cli", *map(str, args)], capture_output=True, text=True, env=ENV)
+    if check and r.returncode != 0: raise AssertionError(f"exit {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("data"), categories=["grass"], n_train=12, n_test=6, size=64, seed=1)
+
+
+@pytest.fixture(scope="module")
+def run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "grass"
+    r = msflow("train", "--data-root", data, "--category", "grass", "--out", out, "--quiet", *TINY)
+    assert "Image AUROC" in r.stdout
+    return out
+
+
+def test_train_writes_a_complete_run(run):
+    for f in ("config.json", "model.pt", "metrics.json", "results.md", "history.json", "environment.json", "roc.png", "pro.png"):
+        assert (run / f).is_file(), f
+    m = json.loads((run / "metrics.json").read_text())
+    assert set(m) >= {"image_auroc", "pixel_auroc", "aupro", "aupro_paper", "train_seconds", "test_images_per_second"}
+    assert 0 <= m["image_auroc"] <= 1 and m["train_seconds"] > 0
+    assert any((run / "heatmaps").glob("*.png"))
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+    assert json.loads((run / "environment.json").read_text())["seed"] == 9826
+
+
+def test_test_reproduces_the_training_metrics(run, data):
+    r = msflow("test", "--run", run, "--data-root", data, "--category", "grass", "--device", "cpu", "--quiet")
+    train_table = (run / "results.md").read_text()
+    auroc_line = next(l for l in train_table.splitlines() if l.startswith("| Image AUROC"))
+    assert auroc_line in r.stdout
+
+
+def test_predict_writes_scores_and_overlays(run, data, tmp_path):
+    test_dir = data / "grass" / "test"
+    r = msflow("predict", "--run", run, test_dir, "--out", tmp_path / "pred", "--device", "cpu", "--quiet")
+    rows = list(csv.DictReader(open(tmp_path / "pred" / "scores.csv")))
+    n = len(list(test_dir.rglob("*.png")))
+    assert len(rows) == n and f"{n} images scored" in r.stdout
+    assert {row["anomalous"] for row in rows} <= {"yes", "no"}
+    assert len(list((tmp_path / "pred" / "heatmaps").glob("*.png"))) == n
+
+
+def test_existing_run_is_not_overwritten(run, data):
+    before = (run / "model.pt").stat().st_mtime_ns
+    r = msflow("train", "--data-root", data, "--category", "grass", "--out", run, "--quiet", *TINY, check=False)
+    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    assert (run / "model.pt").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["describe", "--data-root", "{tmp}/nope", "--category", "x"], "nope"),
+    (["train", "--data-root", "{data}", "--category", "nosuch", "--out", "{tmp}/r"], "nosuch"),
+    (["predict", "--run", "{tmp}/norun", "{data}", "--out", "{tmp}/p"], "norun"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, expected, data, tmp_path):
+    args = [a.format(tmp=tmp_path, data=data) for a in args]
+    r = msflow(*args, check=False)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("msflow: error:") and expected in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = msflow("describe", "--data-root", tmp_path / "nope", "--category", "x", "--debug", check=False)
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_help_is_complete():
+    r = msflow("train", "--help")
+    for opt in ("--data-root", "--category", "--out", "--preset", "--backbone", "--weights", "--input-size", "--epochs",
+                "--batch-size", "--device", "--seed"):
+        assert opt in r.stdout
