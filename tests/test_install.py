@@ -43,3 +43,8 @@ def test_import_has_no_network_or_heavy_side_effects():
     out = subprocess.run([sys.executable, "-c", "import msflow.core, sys; print('timm' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_readme_is_generated_from_index():
+    out = subprocess.run([sys.executable, str(ROOT / "tools" / "make_readme.py"), "--check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
