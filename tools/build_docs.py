@@ -68,6 +68,7 @@ GROUPS = [
     ("Training & CLI", lambda name: _number(name) is not None and 20 <= _number(name) < 40),
     ("More", lambda name: True),
 ]
+TUTORIAL_ORDER = ["tutorial_quickstart", "tutorial_inside_msflow", "tutorial_your_data", "tutorial_paper"]  # reading order
 DEFAULT_SKIP_FLAGS = ("notest", "slow", "gpu", "dataset")
 CELL_TIMEOUT_S = 900  # one cell running longer than this fails the notebook
 
@@ -88,8 +89,9 @@ def list_notebooks(nbs: Path = NBS) -> list[Path]:
         rel = p.relative_to(nbs)
         if any(part.startswith(("_", ".")) for part in rel.parts): continue
         found.append(p)
+    order = lambda p: TUTORIAL_ORDER.index(p.stem) if p.stem in TUTORIAL_ORDER else len(TUTORIAL_ORDER)
     return sorted(found, key=lambda p: (p.relative_to(nbs).as_posix() != "index.ipynb",
-                                        _group_index(p.name), p.relative_to(nbs).as_posix()))
+                                        _group_index(p.name), order(p), p.relative_to(nbs).as_posix()))
 
 
 def _group_index(name: str) -> int:
