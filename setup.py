@@ -40,7 +40,7 @@ setuptools.setup(
     install_requires=_split("requirements"),
     extras_require={
         "dev": _split("dev_requirements"),
-        "bench": ["anomalib"],
+        "bench": ["anomalib==2.7.0"],
     },
     entry_points={
         "console_scripts": _split("console_scripts"),

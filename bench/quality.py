@@ -1,0 +1,138 @@
+"""Detection quality of msflow, last pass, several seeds, with ablations; add and mul maps scored from one run.
+
+    python bench/quality.py --demo --category brick --epochs 20 --seeds 9826 1 2 --variants base no_fusion equal_depths
+    python bench/quality.py --data-root ../shared/data --category magnetic_tile --epochs 30 --seeds 9826 1 2
+    python bench/quality.py --data-root ../shared/data --category magnetic_tile --from-run /tmp/runs/mtd_lite256_e30
+
+Variants: `base` (the preset), `no_fusion` (fusion=False), `equal_depths` (parallel_blocks=(5,5,5)).
+For every run the test split is scored once and both maps are evaluated with every metric:
+image AUROC (top-k mean of the map), pixel AUROC, AU-PRO (MVTec definition, FPR <= 0.3) and the
+paper-style 800-threshold PRO. The official pairing is image/PRO on mul, pixel AUROC on add.
+Results are appended run by run to bench/results/quality_<dataset>_<category>.json (existing runs
+with the same variant and seed are replaced), so an interrupted job keeps what it finished.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+import torch
+
+from common import RESULTS, environment, loadavg, table, write_result
+from msflow.anomaly_map import image_score
+from msflow.core import get_config, get_device
+from msflow.data import MVTecDataset
+from msflow.engine import fit, load, score_dataset
+from msflow.metrics import aupro, aupro_paper, image_auroc, pixel_auroc
+
+VARIANTS = {"base": {}, "no_fusion": dict(fusion=False), "equal_depths": dict(parallel_blocks=(5, 5, 5))}
+
+
+def both_maps_metrics(sc, top_k: float) -> dict:
+    "Every metric on the add map and on the mul map of one scored test split."
+    out = {}
+    for name, maps in (("add", sc.add), ("mul", sc.mul)):
+        s = image_score(torch.from_numpy(maps), top_k).numpy()
+        out[name] = dict(image_auroc=image_auroc(sc.labels, s), pixel_auroc=pixel_auroc(sc.masks, maps),
+                         aupro=aupro(sc.masks, maps), aupro_paper=aupro_paper(sc.masks, maps))
+    # the official pairing (what `msflow train` reports)
+    out["official"] = dict(image_auroc=out["mul"]["image_auroc"], pixel_auroc=out["add"]["pixel_auroc"],
+                           aupro=out["mul"]["aupro"], aupro_paper=out["mul"]["aupro_paper"])
+    return out
+
+
+def _clean(o):
+    if isinstance(o, float) and not np.isfinite(o): return None
+    if isinstance(o, dict): return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_clean(v) for v in o]
+    return o
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    "Mean and std over seeds per variant and map, for the table."
+    rows = []
+    for v in dict.fromkeys(r["variant"] for r in runs):
+        rs = [r for r in runs if r["variant"] == v]
+        for m in ("official", "add", "mul"):
+            row = dict(variant=v, maps=m, seeds=len(rs))
+            for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_paper"):
+                xs = [r["metrics"][m][k] for r in rs if r["metrics"][m][k] is not None]
+                row[k] = f"{100 * np.mean(xs):.1f} ± {100 * np.std(xs):.1f}" if xs else "n/a"
+            rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--demo", action="store_true", help="generate msflow's demo data (60 train / 30 test images per category)")
+    p.add_argument("--category", default="magnetic_tile")
+    p.add_argument("--preset", default="lite")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seeds", type=int, nargs="+", default=[9826, 1, 2])
+    p.add_argument("--variants", nargs="+", default=["base"], choices=list(VARIANTS))
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--from-run", default=None, help="score an existing run folder (as variant base, its seed) instead of training")
+    p.add_argument("--name", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+
+    if a.demo:
+        from msflow.demo_data import make_demo_dataset
+        root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-demo", categories=[a.category])
+        dataset = "demo"
+    else:
+        if not a.data_root: p.error("give --data-root or --demo")
+        root, dataset = Path(a.data_root), "mvtec"
+    name = a.name or f"quality_{'demo' if a.demo else 'data'}_{a.category}"
+    path = RESULTS / f"{name}.json"
+    res = json.loads(path.read_text()) if path.exists() else dict(bench="quality", dataset=dataset, category=a.category, runs=[])
+    device = get_device(a.device)
+    res["env"] = environment(device)
+
+    def record(run):
+        res["runs"] = [r for r in res["runs"] if not (r["variant"] == run["variant"] and r["seed"] == run["seed"])] + [run]
+        res["env"]["loadavg_end"] = loadavg()
+        write_result(name, _clean(res))
+        o = run["metrics"]["official"]
+        print(f"{run['variant']} seed {run['seed']}: image AUROC {o['image_auroc']:.3f}, pixel AUROC {o['pixel_auroc']:.3f}, "
+              f"AU-PRO {o['aupro']:.3f}; train {run['train_seconds']:.0f}s", flush=True)
+
+    if a.from_run:
+        det = load(a.from_run, device)
+        cfg = det.config
+        test = MVTecDataset(root, a.category, "test", cfg.input_size)
+        sc = score_dataset(det.model, test, cfg, progress=False)
+        m = json.loads((Path(a.from_run) / "metrics.json").read_text())
+        record(dict(variant="base", seed=cfg.seed, epochs=cfg.epochs, config=cfg.to_dict(), source=str(a.from_run),
+                    train_seconds=m.get("train_seconds"), test_images_per_second=len(test) / sc.seconds,
+                    metrics=both_maps_metrics(sc, cfg.top_k)))
+    else:
+        for v in a.variants:
+            for seed in a.seeds:
+                cfg = get_config(a.preset, epochs=a.epochs, seed=seed, val_fraction=a.val_fraction, device=str(device), **VARIANTS[v])
+                t0 = time.perf_counter()
+                det, m = fit(root, a.category, None, cfg, progress=False, evaluate_test=False, log=lambda *_: None)
+                train_s = time.perf_counter() - t0
+                test = MVTecDataset(root, a.category, "test", cfg.input_size)
+                sc = score_dataset(det.model, test, cfg, progress=False)
+                record(dict(variant=v, seed=seed, epochs=a.epochs, config=cfg.to_dict(), train_seconds=train_s,
+                            test_images_per_second=len(test) / sc.seconds, metrics=both_maps_metrics(sc, cfg.top_k)))
+    print()
+    print(table(summarise(res["runs"]), ["variant", "maps", "seeds", "image_auroc", "pixel_auroc", "aupro", "aupro_paper"]))
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()

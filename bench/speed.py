@@ -1,0 +1,154 @@
+"""Speed and memory of msflow: feature extraction, flow training from the feature cache vs recomputing
+the backbone at every step, and inference (image -> score and maps) at several batch sizes.
+
+    python bench/speed.py --preset lite                       # CPU, 2 threads, 256²
+    python bench/speed.py --preset paper --random-weights --n-train 8 --batches 1 8 --reps 1
+    python bench/speed.py --preset lite --device cuda         # on a GPU
+
+Images are random tensors already in memory: data loading and decoding are NOT included, except in
+the row `extract_with_loading`, which reads, decodes and resizes real files when --data-root is given.
+Writes bench/results/speed_<preset>_<device>.json and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+import torch
+
+from common import PeakMemory, environment, loadavg, median, sync, table, timeit, write_result
+from msflow.core import get_config, get_device, seed_everything
+from msflow.engine import FeatureCache, train_flows
+from msflow.model import MSFlow
+
+
+class Images(torch.utils.data.Dataset):
+    "Random images held in memory (no decoding): item dict(image=(3,H,W) in [0,1])."
+    def __init__(self, n, size, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.rand(n, 3, *size, generator=g)
+    def __len__(self): return len(self.x)
+    def __getitem__(self, i): return dict(image=self.x[i])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="lite", choices=["lite", "paper"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--random-weights", action="store_true", help="random backbone weights (speed does not depend on them)")
+    p.add_argument("--input-size", type=int, default=None, help="default: the preset's")
+    p.add_argument("--n-train", type=int, default=64, help="images in the training pass (cache vs recompute)")
+    p.add_argument("--train-reps", type=int, default=2, help="interleaved repetitions of (cache pass, recompute pass)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32], help="inference batch sizes")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per inference batch size (median reported)")
+    p.add_argument("--data-root", default=None, help="also time extraction with data loading from real files")
+    p.add_argument("--category", default="magnetic_tile")
+    p.add_argument("--name", default=None, help="result file name (default speed_<preset>_<device>)")
+    a = p.parse_args(argv)
+
+    torch.set_num_threads(a.threads)
+    device = get_device(a.device)
+    over = dict(device=str(device))
+    if a.random_weights: over["weights"] = "random"
+    if a.input_size: over["input_size"] = a.input_size
+    cfg = get_config(a.preset, **over)
+    H, W = cfg.input_size
+    seed_everything(0)
+    model = MSFlow(cfg).to(device).eval()
+    env = environment(device)
+    res = dict(bench="speed", preset=a.preset, config=cfg.to_dict(), env=env, data_loading_included=False,
+               n_train=a.n_train, rows=[])
+    rows = res["rows"]
+    print(f"msflow speed: {a.preset} at {H}x{W} on {device} ({env['cpu']}, {env['cpu_cores']} cores, "
+          f"{torch.get_num_threads()} threads), load {env['loadavg_start']}", flush=True)
+
+    # 1. feature extraction (backbone + pooling), batch = training batch size, images in memory
+    bs = cfg.batch_size
+    x = torch.rand(bs, 3, H, W, device=device)
+    with PeakMemory(device) as mem:
+        ts = timeit(lambda: model.extract(x), device, reps=max(1, a.reps))
+    rows.append(dict(what="extract", batch=bs, seconds=median(ts), images_per_s=bs / median(ts), **mem.as_dict()))
+    print(rows[-1], flush=True)
+
+    # 1b. extraction with data loading (real files: read, decode, resize), via FeatureCache.build
+    if a.data_root:
+        from msflow.data import MVTecDataset
+        ds = MVTecDataset(a.data_root, a.category, "train", cfg.input_size)
+        sub = torch.utils.data.Subset(ds, range(min(a.n_train, len(ds))))
+        t0 = time.perf_counter()
+        c = FeatureCache.build(model, sub, bs, device, progress=False); sync(device)
+        t = time.perf_counter() - t0; c.close()
+        rows.append(dict(what="extract_with_loading", batch=bs, seconds=t, images_per_s=len(sub) / t, data_loading_included=True))
+        print(rows[-1], flush=True)
+
+    # 2. flow training: one pass over n_train images from the cache vs recomputing the backbone each step.
+    #    In-memory images isolate the backbone's cost; with --data-root a third variant also reads and
+    #    decodes the files at every step, as a training loop without a cache does.
+    ds = Images(a.n_train, (H, W))
+    files = None
+    if a.data_root:
+        from msflow.data import MVTecDataset
+        full = MVTecDataset(a.data_root, a.category, "train", cfg.input_size)
+        files = torch.utils.data.Subset(full, range(min(a.n_train, len(full))))
+    tcfg = cfg.replace(epochs=1)
+    t = dict(build=[], cache=[], recompute=[], recompute_files=[])
+    mem = {}
+    for r in range(a.train_reps):
+        seed_everything(r)
+        t0 = time.perf_counter()
+        cache = FeatureCache.build(model, ds, bs, device, progress=False); sync(device)
+        t["build"].append(time.perf_counter() - t0)
+        with PeakMemory(device) as mem["cache"]:
+            t["cache"].append(train_flows(model, tcfg, cache, progress=False).seconds)
+        cache.close(); del cache
+        with PeakMemory(device) as mem["recompute"]:
+            t["recompute"].append(train_flows(model, tcfg, dataset=ds, recompute=True, progress=False).seconds)
+        if files is not None:
+            with PeakMemory(device) as mem["recompute_files"]:
+                t["recompute_files"].append(train_flows(model, tcfg, dataset=files, recompute=True, progress=False).seconds)
+        print(f"  rep {r}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in t.items() if v), flush=True)
+    n = a.n_train
+    tb, tc, tr = median(t["build"]), median(t["cache"]), median(t["recompute"])
+    rows.append(dict(what="train_from_cache", batch=bs, seconds=tc, images_per_s=n / tc, **mem["cache"].as_dict()))
+    rows.append(dict(what="train_recompute", batch=bs, seconds=tr, images_per_s=n / tr, **mem["recompute"].as_dict()))
+    res["training"] = dict(images=n, build_seconds=tb, cache_pass_seconds=tc, recompute_pass_seconds=tr,
+                           per_pass_speedup=tr / tc, raw=t,
+                           # whole runs: the cache is built once, then every pass reads it
+                           run_speedup={str(E): E * tr / (tb + E * tc) for E in (1, 10, 30, 100)})
+    if files is not None:
+        tf = median(t["recompute_files"])
+        rows.append(dict(what="train_recompute_files", batch=bs, seconds=tf, images_per_s=n / tf, data_loading_included=True,
+                         **mem["recompute_files"].as_dict()))
+        res["training"].update(recompute_files_pass_seconds=tf, per_pass_speedup_files=tf / tc)
+    for r_ in rows[-3:]: print(r_, flush=True)
+
+    # 3. inference: images -> image score, mul map and add map at the input size
+    model.eval()
+    for b in a.batches:
+        x = torch.rand(b, 3, H, W, device=device)
+        with torch.no_grad(), PeakMemory(device) as mem:
+            ts = timeit(lambda: model.score_maps(x), device, reps=a.reps)
+        t = median(ts)
+        rows.append(dict(what="inference", batch=b, seconds=t, latency_ms=1000 * t, images_per_s=b / t, **mem.as_dict()))
+        print(rows[-1], flush=True)
+        del x
+    env["loadavg_end"] = loadavg()
+    path = write_result(a.name or f"speed_{a.preset}_{device.type}", res)
+    print()
+    print(table(rows, ["what", "batch", "seconds", "images_per_s", "peak_mib", "above_start_mib"]))
+    tr_ = res["training"]
+    if "per_pass_speedup_files" in tr_: print(f"\nvs recomputing and reading the files every step: {tr_['per_pass_speedup_files']:.1f}x")
+    print(f"training pass from the cache is {tr_['per_pass_speedup']:.1f}x faster than recomputing features "
+          f"(whole 100-pass run incl. building the cache: {tr_['run_speedup']['100']:.1f}x)")
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
