@@ -6,7 +6,10 @@ Measures, on one CUDA GPU, for the paper preset at 512x512 (and the lite preset 
   * flow training throughput from cached features (forward, backward, clip, Adam step), batch 32 and 8;
   * whether bf16 scores agree with fp32 scores: Spearman rank correlation of image scores and
     Pearson correlation of pixel maps on synthetic images after a short fp32 training.
-Data loading is not included. Usage: python bench/gpu_speed.py [--out results.json] [--quick]
+  * optionally (--compile) the same inference and training steps through torch.compile, side by side
+    with the eager rows of the same run, and a check that compiled scores match eager ones.
+Data loading is not included. Results are written after every row, so a run stopped early keeps them.
+Usage: python bench/gpu_speed.py [--out results.json] [--quick] [--compile] [--presets paper,lite]
 """
 import argparse, json, math, time
 
@@ -67,24 +70,48 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="gpu_results.json"); ap.add_argument("--quick", action="store_true")
     ap.add_argument("--device", default="cuda"); ap.add_argument("--smoke", action="store_true", help="tiny sizes, to check the script on a CPU")
+    ap.add_argument("--compile", action="store_true", help="add torch.compile rows (bf16) next to the eager ones")
+    ap.add_argument("--compile-mode", default="default", help="torch.compile mode for compiled inference")
+    ap.add_argument("--train-compile-mode", default="reduce-overhead", help="torch.compile mode for compiled training (CUDA graphs pay at small batches)")
+    ap.add_argument("--train-compile-batch", type=int, default=8, help="batch size of the compiled training row")
+    ap.add_argument("--presets", default="paper,lite", help="comma-separated presets to measure")
+    ap.add_argument("--infer-batches", default="32", help="comma-separated inference batch sizes")
     a = ap.parse_args()
     global DEV
     DEV = dev = torch.device(a.device)
     torch.backends.cudnn.benchmark = True
     res = dict(gpu=torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", torch=torch.__version__, rows=[])
     reps = 3 if a.quick else 10
-    presets = (("lite", 64),) if a.smoke else (("paper", 512), ("lite", 256))
+    sizes = dict(paper=512, lite=256)
+    presets = (("lite", 64),) if a.smoke else tuple((p, sizes[p]) for p in a.presets.split(","))
+    save = lambda: json.dump(res, open(a.out, "w"), indent=2)
     for preset, size in presets:
         torch.manual_seed(0)
         model = MSFlow.from_preset(preset, pretrained=False, device=a.device, input_size=size).to(dev).eval()
         model = model.to(memory_format=torch.channels_last)
         params = [p for p in model.parameters() if p.requires_grad]
-        for bs in ((2,) if a.smoke else (32,)):
+        for bs in ((2,) if a.smoke else tuple(int(b) for b in a.infer_batches.split(","))):
             x = torch.rand(bs, 3, size, size, device=dev).contiguous(memory_format=torch.channels_last)
             for name, dt in (("fp32", None), ("bf16", torch.bfloat16)):
                 t = timeit(infer_fn(model, x, dt), reps)
                 res["rows"].append(dict(preset=preset, size=size, what="inference", batch=bs, precision=name, images_per_s=bs / t))
-                print(res["rows"][-1], flush=True)
+                print(res["rows"][-1], flush=True); save()
+            if a.compile and bs == (2 if a.smoke else 32):
+                try:
+                    t0 = time.perf_counter()
+                    eager = infer_fn(model, x, torch.bfloat16)
+                    comp = torch.compile(eager, mode=a.compile_mode)
+                    s_c, m_c, _ = comp(); sync(); ctime = time.perf_counter() - t0
+                    s_e, m_e, _ = eager()
+                    from scipy.stats import spearmanr
+                    t = timeit(comp, reps)
+                    res["rows"].append(dict(preset=preset, size=size, what="inference", batch=bs, precision="bf16",
+                                            compiled=a.compile_mode, compile_seconds=ctime, images_per_s=bs / t,
+                                            spearman_vs_eager=float(spearmanr(s_c.float().cpu(), s_e.float().cpu())[0]),
+                                            max_abs_map_diff_vs_eager=float((m_c - m_e).abs().max())))
+                except Exception as e:  # keep the eager rows
+                    res["rows"].append(dict(preset=preset, what="inference compiled", error=repr(e)[:500]))
+                print(res["rows"][-1], flush=True); save()
         if dev.type == "cuda": torch.cuda.reset_peak_memory_stats()
         for bs in ((2,) if a.smoke else (32, 8)):
             with torch.no_grad():
@@ -94,7 +121,24 @@ def main():
                 t = timeit(train_fn(model, feats, dt, opt, params), reps)
                 res["rows"].append(dict(preset=preset, size=size, what="train from cache", batch=bs, precision=name, images_per_s=bs / t,
                                         peak_gib=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None))
-                print(res["rows"][-1], flush=True)
+                print(res["rows"][-1], flush=True); save()
+            if a.compile and bs == (2 if a.smoke else a.train_compile_batch):
+                try:
+                    model.train(); opt = torch.optim.Adam(params, lr=1e-5, fused=True)
+                    flow_c = torch.compile(model.flow, mode=a.train_compile_mode)
+                    def step_c():
+                        with torch.autocast(DEV.type, dtype=torch.bfloat16):
+                            zs, logdet = flow_c(feats)
+                        loss = msflow_loss([z.float() for z in zs], logdet.float())
+                        opt.zero_grad(set_to_none=True); loss.backward()
+                        torch.nn.utils.clip_grad_norm_(params, 2.0); opt.step()
+                    t0 = time.perf_counter(); step_c(); sync(); ctime = time.perf_counter() - t0
+                    t = timeit(step_c, reps)
+                    res["rows"].append(dict(preset=preset, size=size, what="train from cache", batch=bs, precision="bf16",
+                                            compiled=a.train_compile_mode, compile_seconds=ctime, images_per_s=bs / t))
+                except Exception as e:
+                    res["rows"].append(dict(preset=preset, what="train compiled", batch=bs, error=repr(e)[:500]))
+                print(res["rows"][-1], flush=True); save()
         model.eval()
         # bf16 vs fp32 agreement after a short fp32 training on normal synthetic images
         if preset == presets[0][0]:
@@ -115,14 +159,16 @@ def main():
                          pearson_mul_maps=float(np.corrcoef(m32.flatten().cpu(), m16.flatten().cpu())[0, 1]),
                          auroc_fp32=float(roc_auc_score(labels, s32.cpu())), auroc_bf16=float(roc_auc_score(labels, s16.cpu())),
                          max_abs_score_diff=float((s32 - s16).abs().max()))
-            res["bf16_vs_fp32"] = agree; print(agree, flush=True)
+            res["bf16_vs_fp32"] = agree; print(agree, flush=True); save()
         del model
         if dev.type == "cuda": torch.cuda.empty_cache()
-    json.dump(res, open(a.out, "w"), indent=2)
+    save()
     print(f"\nGPU: {res['gpu']}, torch {res['torch']}")
     print(f"{'preset':7} {'size':>5} {'what':18} {'batch':>5} {'prec':5} {'img/s':>9}")
     for r in res["rows"]:
-        print(f"{r['preset']:7} {r['size']:>5} {r['what']:18} {r['batch']:>5} {r['precision']:5} {r['images_per_s']:>9.1f}")
+        if "error" in r: print(r); continue
+        c = " compiled" if r.get("compiled") else ""
+        print(f"{r['preset']:7} {r['size']:>5} {r['what']:18} {r['batch']:>5} {r['precision']:5} {r['images_per_s']:>9.1f}{c}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ the backbone at every step, and inference (image -> score and maps) at several b
     python bench/speed.py --preset lite                       # CPU, 2 threads, 256²
     python bench/speed.py --preset paper --random-weights --n-train 8 --batches 1 8 --reps 1
     python bench/speed.py --preset lite --device cuda         # on a GPU
+    python bench/speed.py --preset lite --amp bf16            # bf16 autocast (CPUs with AMX / AVX-512 BF16, GPUs)
+    python bench/speed.py --preset lite --layouts             # + channels-last vs plain layout, side by side
 
 Images are random tensors already in memory: data loading and decoding are NOT included, except in
 the row `extract_with_loading`, which reads, decodes and resizes real files when --data-root is given.
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 from common import PeakMemory, environment, loadavg, median, sync, table, timeit, write_result
-from msflow.core import get_config, get_device, seed_everything
+from msflow.core import autocast_dtype, get_config, get_device, seed_everything
 from msflow.engine import FeatureCache, train_flows
 from msflow.model import MSFlow
 
@@ -50,12 +52,15 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per inference batch size (median reported)")
     p.add_argument("--data-root", default=None, help="also time extraction with data loading from real files")
     p.add_argument("--category", default="magnetic_tile")
-    p.add_argument("--name", default=None, help="result file name (default speed_<preset>_<device>)")
+    p.add_argument("--name", default=None, help="result file name (default speed_<preset>_<device>[_<amp>])")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision of every step")
+    p.add_argument("--layouts", action="store_true", help="also time inference (batch 8) and a training pass with the model "
+                   "in the plain (NCHW) layout against channels-last, interleaved")
     a = p.parse_args(argv)
 
     torch.set_num_threads(a.threads)
     device = get_device(a.device)
-    over = dict(device=str(device))
+    over = dict(device=str(device), amp=a.amp)
     if a.random_weights: over["weights"] = "random"
     if a.input_size: over["input_size"] = a.input_size
     cfg = get_config(a.preset, **over)
@@ -72,8 +77,11 @@ def main(argv=None):
     # 1. feature extraction (backbone + pooling), batch = training batch size, images in memory
     bs = cfg.batch_size
     x = torch.rand(bs, 3, H, W, device=device)
+    amp = lambda: torch.autocast(device.type, dtype=autocast_dtype(a.amp, device), enabled=a.amp != "off")
+    def extract():
+        with amp(): model.extract(x)
     with PeakMemory(device) as mem:
-        ts = timeit(lambda: model.extract(x), device, reps=max(1, a.reps))
+        ts = timeit(extract, device, reps=max(1, a.reps))
     rows.append(dict(what="extract", batch=bs, seconds=median(ts), images_per_s=bs / median(ts), **mem.as_dict()))
     print(rows[-1], flush=True)
 
@@ -133,14 +141,35 @@ def main(argv=None):
     model.eval()
     for b in a.batches:
         x = torch.rand(b, 3, H, W, device=device)
+        def infer():
+            with amp(): model.score_maps(x)
         with torch.no_grad(), PeakMemory(device) as mem:
-            ts = timeit(lambda: model.score_maps(x), device, reps=a.reps)
+            ts = timeit(infer, device, reps=a.reps)
         t = median(ts)
         rows.append(dict(what="inference", batch=b, seconds=t, latency_ms=1000 * t, images_per_s=b / t, **mem.as_dict()))
         print(rows[-1], flush=True)
         del x
+    # 4. memory layout: the same model in NCHW against channels-last (msflow's default), interleaved
+    if a.layouts:
+        import copy
+        x = torch.rand(8, 3, H, W, device=device)
+        cache = FeatureCache.build(model, Images(a.n_train, (H, W)), bs, device, progress=False)
+        lay = dict(plain=dict(infer=[], train=[]), channels_last=dict(infer=[], train=[]))
+        models = dict(plain=copy.deepcopy(model).set_memory_format(torch.contiguous_format), channels_last=model)
+        for r in range(max(2, a.reps)):
+            for name, m in models.items():
+                m.eval()
+                with torch.no_grad(), amp():
+                    lay[name]["infer"] += timeit(lambda: m.score_maps(x), device, reps=1)
+                lay[name]["train"].append(train_flows(m, tcfg, cache, progress=False).seconds)
+        cache.close()
+        res["layouts"] = {k: dict(inference_images_per_s=8 / median(v["infer"]), train_pass_seconds=median(v["train"]), raw=v)
+                          for k, v in lay.items()}
+        res["layouts"]["speedup"] = dict(inference=median(lay["plain"]["infer"]) / median(lay["channels_last"]["infer"]),
+                                         training=median(lay["plain"]["train"]) / median(lay["channels_last"]["train"]))
+        print("layouts:", {k: v for k, v in res["layouts"].items()}, flush=True)
     env["loadavg_end"] = loadavg()
-    path = write_result(a.name or f"speed_{a.preset}_{device.type}", res)
+    path = write_result(a.name or f"speed_{a.preset}_{device.type}" + ("" if a.amp == "off" else f"_{a.amp}"), res)
     print()
     print(table(rows, ["what", "batch", "seconds", "images_per_s", "peak_mib", "above_start_mib"]))
     tr_ = res["training"]

@@ -16,7 +16,7 @@ from .core import PRESETS, MSFlowError
 # %% auto #0
 __all__ = ['DEMO_EPOCHS', 'build_parser', 'run', 'main']
 
-# %% ../nbs/30_cli.ipynb #c624ef71
+# %% ../nbs/30_cli.ipynb #9483e9e8
 def _size(s: str):
     try:
         parts = [int(p) for p in s.lower().replace("x", ",").split(",")]
@@ -47,9 +47,25 @@ def _model_options(p: argparse.ArgumentParser):
     g.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--seed", type=int)
     g.add_argument("--num-workers", type=int, help="data-loading worker processes")
+    _compile_option(g)
+
+def _compile_option(g):
+    g.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="run the flows and scoring through torch.compile (pays on a GPU, with CUDA graphs; "
+                        "on a CPU the first minute or two goes to compiling)")
+
+def _scoring_options(p):
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision for scoring (default: as trained; "
+                   "bf16 is much faster on CPUs with AMX or AVX-512 BF16 and on GPUs)")
+    p.add_argument("--batch-size", type=int, help="images per scoring batch (default: as trained)")
+    p.add_argument("--num-workers", type=int, help="data-loading worker processes")
+    _compile_option(p)
+
+def _runtime(a) -> dict: return dict(amp=a.amp, batch_size=a.batch_size, num_workers=a.num_workers, compile=a.compile)
 
 _CFG_KEYS = ["backbone", "weights", "input_size", "epochs", "batch_size", "lr", "parallel_blocks", "fusion", "top_k", "amp",
-             "val_fraction", "threshold_quantile", "cache_dtype", "cache_budget_gb", "device", "seed", "num_workers"]
+             "val_fraction", "threshold_quantile", "cache_dtype", "cache_budget_gb", "device", "seed", "num_workers", "compile"]
 
 def _overrides(a) -> dict: return {k: getattr(a, k) for k in _CFG_KEYS if getattr(a, k, None) is not None}
 
@@ -92,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, type=Path, help="run folder (or its model.pt)")
     e.add_argument("--data-root", required=True, type=Path); e.add_argument("--category", required=True)
     e.add_argument("--out", type=Path, help="also write metrics.json, results.md and figures here")
-    e.add_argument("--device", default="auto"); _common(e)
+    _scoring_options(e); _common(e)
 
     r = sub.add_parser("predict", help="score images or folders with a saved run",
                        description="Score image files or folders of images (any size or format Pillow reads). Writes OUT/scores.csv "
@@ -100,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run", required=True, type=Path, help="run folder (or its model.pt)")
     r.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="image files or folders")
     r.add_argument("--out", required=True, type=Path, help="folder for scores.csv and heatmaps/")
-    r.add_argument("--device", default="auto"); _common(r)
+    _scoring_options(r); _common(r)
 
     d = sub.add_parser("demo", help="build the demo dataset, train the lite preset, evaluate and show the results",
                        description="Generate the built-in demo dataset (textures with synthetic scratches, holes, stains and patches), "
@@ -115,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-root", required=True, type=Path); s.add_argument("--category", required=True); _common(s)
     return p
 
-# %% ../nbs/30_cli.ipynb #b26c7474
+# %% ../nbs/30_cli.ipynb #03a476a2
 DEMO_EPOCHS = 30
 
 def run(a) -> int:
@@ -129,10 +145,10 @@ def run(a) -> int:
                                   **_overrides(a))
         print(engine.results_table(metrics, f"{a.category} ({a.out})"))
     elif a.command == "test":
-        metrics = engine.evaluate(engine.load(a.run, a.device), a.data_root, a.category, a.out, progress, log=log)
+        metrics = engine.evaluate(engine.load(a.run, a.device, **_runtime(a)), a.data_root, a.category, a.out, progress, log=log)
         print(engine.results_table(metrics, f"{a.category}: {a.run}"))
     elif a.command == "predict":
-        rows = engine.predict(engine.load(a.run, a.device), [str(p) for p in a.paths], a.out, progress)
+        rows = engine.predict(engine.load(a.run, a.device, **_runtime(a)), [str(p) for p in a.paths], a.out, progress)
         n = sum(r["anomalous"] for r in rows)
         print(f"{len(rows)} images scored, {n} anomalous; scores in {a.out / 'scores.csv'}, overlays in {a.out / 'heatmaps'}")
     elif a.command == "demo":

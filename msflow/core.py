@@ -22,7 +22,7 @@ __all__ = ['PRESETS', 'MSFlowError', 'MSFlowConfig', 'get_config', 'seed_everyth
 class MSFlowError(Exception):
     "An error caused by user input (data, configuration, files): reported as one line, exit status 2."
 
-# %% ../nbs/00_core.ipynb #abe38362
+# %% ../nbs/00_core.ipynb #cfb4d030
 _AMP = ("off", "bf16", "fp16")
 _POOL = ("avg", "max", "none")
 
@@ -68,6 +68,7 @@ class MSFlowConfig:
     val_fraction: float = 0.0  # fraction of train/good held out for thresholds and monitoring
     threshold_quantile: float = 0.99  # image threshold = this quantile of normal validation scores
     num_workers: int = 0  # data-loading worker processes
+    compile: bool = False  # run the flows (training) and the whole model (scoring) through torch.compile
 
     def __post_init__(self):
         self.input_size = _size2(self.input_size)

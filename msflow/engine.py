@@ -31,11 +31,11 @@ from .metrics import aupro, aupro_paper, image_auroc, pixel_auroc
 from .model import MSFlow
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'FORMAT', 'FORMAT_VERSION', 'RESUME_MAY_CHANGE', 'lr_factor',
-           'FeatureCache', 'History', 'atomic_save', 'save_checkpoint', 'load_checkpoint', 'train_flows', 'flow_loss',
-           'Scores', 'raw_map', 'score_dataset', 'quantile_threshold', 'f1_threshold', 'f1_at', 'Detector', 'load',
-           'compute_metrics', 'partial_folder', 'RunWriter', 'write_json', 'results_table', 'write_figures', 'fit',
-           'evaluate', 'predict']
+__all__ = ['CHECKPOINT_FORMAT', 'CHECKPOINT_VERSION', 'FORMAT', 'FORMAT_VERSION', 'RUNTIME_OPTIONS', 'RESUME_MAY_CHANGE',
+           'lr_factor', 'FeatureCache', 'History', 'atomic_save', 'save_checkpoint', 'load_checkpoint', 'train_flows',
+           'flow_loss', 'Scores', 'raw_map', 'score_dataset', 'quantile_threshold', 'f1_threshold', 'f1_at', 'Detector',
+           'load', 'compute_metrics', 'partial_folder', 'RunWriter', 'write_json', 'results_table', 'write_figures',
+           'fit', 'evaluate', 'predict']
 
 # %% ../nbs/20_engine.ipynb #9be8d19a
 def lr_factor(epoch: int, # pass index, from 0
@@ -102,7 +102,7 @@ class FeatureCache:
         self.arrays = [a[:0] for a in self.arrays]
         if self._tmpdir: shutil.rmtree(self._tmpdir, ignore_errors=True); self._tmpdir = None
 
-# %% ../nbs/20_engine.ipynb #3690a8dc
+# %% ../nbs/20_engine.ipynb #5f5f5db0
 @dataclass
 class History:
     "Mean training loss per pass (per image, as the official log), learning rate per pass, seconds."
@@ -159,6 +159,11 @@ def _amp_ctx(device, amp):
     dt = autocast_dtype(amp, device)
     return torch.autocast(device.type, dtype=dt) if dt is not None else torch.autocast(device.type, enabled=False)
 
+def _compiled(fn, cfg: MSFlowConfig, device):
+    "`fn` through `torch.compile` when `cfg.compile` (with CUDA graphs on a GPU), else `fn` itself."
+    if not cfg.compile: return fn
+    return torch.compile(fn, mode="reduce-overhead" if device.type == "cuda" else None, dynamic=False)
+
 def _stack(dataset, idx):
     return torch.stack([dataset[int(i)]["image"] for i in idx])
 
@@ -186,7 +191,7 @@ def train_flows(model: MSFlow, cfg: MSFlowConfig,
     device = get_device(cfg.device)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cpu", "cuda") or None)
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.amp == "fp16"))
     n = len(dataset) if recompute else len(cache)
     if n == 0: raise MSFlowError("no training images")
@@ -199,6 +204,7 @@ def train_flows(model: MSFlow, cfg: MSFlowConfig,
         gen.set_state(state["generator"])
         hist, start = History(**state["history"]), int(state["passes_done"])
         hist.resumed_at.append(start)
+    flow = _compiled(model.flow, cfg, device)
     t0, seconds0 = time.perf_counter(), hist.seconds
     bar = tqdm(range(start, cfg.epochs), desc="train", initial=start, total=cfg.epochs, disable=not progress or None)
     for epoch in bar:
@@ -209,7 +215,7 @@ def train_flows(model: MSFlow, cfg: MSFlowConfig,
             idx = perm[i:i + cfg.batch_size]
             feats = model.extract(_stack(dataset, idx).to(device)) if recompute else cache.batch(idx.numpy(), device)
             with _amp_ctx(device, cfg.amp):
-                zs, logdet = model.flow(feats)
+                zs, logdet = flow(feats)
             loss = msflow_loss([z.float() for z in zs], logdet.float())
             if not torch.isfinite(loss): raise _diverged("loss", loss.item(), epoch, lr, cfg, checkpoint)
             opt.zero_grad(set_to_none=True)
@@ -247,7 +253,7 @@ def flow_loss(model: MSFlow, cache: FeatureCache, cfg: MSFlowConfig) -> float:
         total += msflow_loss(zs, logdet).item() * len(idx)
     return total / max(len(cache), 1)
 
-# %% ../nbs/20_engine.ipynb #f89d84e8
+# %% ../nbs/20_engine.ipynb #b68a4ec5
 @dataclass
 class Scores:
     "Everything the metrics and figures need from one pass over a dataset."
@@ -273,12 +279,13 @@ def score_dataset(model: MSFlow, dataset, cfg: MSFlowConfig, progress: bool = Tr
     model.to(device).eval()
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, collate_fn=collate)
     out = dict(scores=[], add=[], mul=[], raw=[], labels=[], masks=[], paths=[], defects=[])
+    loglik = _compiled(model.log_likelihoods, cfg, device)
     t0 = time.perf_counter()
     for b in tqdm(loader, desc=desc, disable=not progress or None, leave=False):
         imgs = b["image"].to(device)
         size = imgs.shape[-2:]
         with _amp_ctx(device, cfg.amp):
-            logps = model.log_likelihoods(imgs)
+            logps = loglik(imgs)
         logps = [l.float() for l in logps]
         m = mul_map(logps, size)
         out["scores"].append(image_score(m, cfg.top_k).cpu()); out["mul"].append(m.cpu())
@@ -317,7 +324,7 @@ def f1_at(labels, scores, threshold: float) -> float:
     tp = (y & p).sum(); d = p.sum() + y.sum()
     return float(2 * tp / d) if d else 0.0
 
-# %% ../nbs/20_engine.ipynb #76bfd832
+# %% ../nbs/20_engine.ipynb #38fa173e
 FORMAT, FORMAT_VERSION = "msflow-model", 1
 
 @dataclass
@@ -389,9 +396,20 @@ class Detector:
         rows = [dict(path=p, score=float(s), anomalous=bool(s > self.image_threshold)) for p, s in zip(sc.paths, sc.scores)]
         return rows, sc
 
-def load(path, device="cpu") -> Detector:
+RUNTIME_OPTIONS = ("amp", "batch_size", "num_workers", "compile")  # may differ between training and scoring
+
+def load(path, device="cpu",
+         **runtime) -> Detector:  # scoring options to change: amp, batch_size, num_workers, compile
     "Load a trained detector from a run folder or a `model.pt` file."
-    return Detector.load(path, device)
+    det = Detector.load(path, device)
+    bad = set(runtime) - set(RUNTIME_OPTIONS)
+    if bad: raise MSFlowError(f"load() can change only {', '.join(RUNTIME_OPTIONS)}, not {', '.join(sorted(bad))}")
+    runtime = {k: v for k, v in runtime.items() if v is not None}
+    if runtime:
+        cfg = det.config.replace(**runtime)
+        autocast_dtype(cfg.amp, get_device(cfg.device))  # fp16 on a CPU: a clear error now
+        det.model.config = cfg
+    return det
 
 # %% ../nbs/20_engine.ipynb #ca17f24b
 def compute_metrics(sc: Scores, image_threshold: float = float("nan")) -> dict:
@@ -523,8 +541,8 @@ def write_figures(sc: Scores, det: Detector, folder: Path, per_defect: int = 3, 
                              title=f"{Path(p).name}  score {sc.scores[i]:.3f}" + ("  (anomalous)" if sc.scores[i] > det.image_threshold else ""))
         fig.savefig(hm / f"{d}_{Path(p).stem}.png", dpi=90); plt.close(fig)
 
-# %% ../nbs/20_engine.ipynb #8ee28aee
-RESUME_MAY_CHANGE = ("lr", "amp", "device", "num_workers", "cache_dtype", "cache_budget_gb", "top_k", "threshold_quantile")
+# %% ../nbs/20_engine.ipynb #fff3ae72
+RESUME_MAY_CHANGE = ("lr", "amp", "device", "num_workers", "compile", "cache_dtype", "cache_budget_gb", "top_k", "threshold_quantile")
 
 def _environment(cfg, device) -> dict:
     import platform, sklearn, timm, PIL, msflow

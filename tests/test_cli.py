@@ -88,3 +88,17 @@ def test_help_is_complete():
     for opt in ("--data-root", "--category", "--out", "--preset", "--backbone", "--weights", "--input-size", "--epochs",
                 "--batch-size", "--device", "--seed"):
         assert opt in r.stdout
+
+
+def test_test_accepts_scoring_options(run, data):
+    "bf16 and another batch size at scoring time: the same table, metrics close to the float32 ones."
+    r32 = msflow("test", "--run", run, "--data-root", data, "--category", "grass", "--device", "cpu", "--quiet")
+    r16 = msflow("test", "--run", run, "--data-root", data, "--category", "grass", "--device", "cpu", "--quiet",
+                 "--amp", "bf16", "--batch-size", "3")
+    pix = lambda out: float(next(l for l in out.splitlines() if l.startswith("| Pixel AUROC")).split("|")[2])
+    assert abs(pix(r32.stdout) - pix(r16.stdout)) < 2.0, (r32.stdout, r16.stdout)
+    r = msflow("test", "--run", run, "--data-root", data, "--category", "grass", "--device", "cpu", "--amp", "fp16", check=False)
+    assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr
+    for cmd in ("test", "predict"):
+        h = msflow(cmd, "--help").stdout
+        assert all(o in h for o in ("--amp", "--batch-size", "--compile", "--device"))
