@@ -75,19 +75,23 @@ def main():
     ap.add_argument("--train-compile-mode", default="reduce-overhead", help="torch.compile mode for compiled training (CUDA graphs pay at small batches)")
     ap.add_argument("--train-compile-batch", type=int, default=8, help="batch size of the compiled training row")
     ap.add_argument("--presets", default="paper,lite", help="comma-separated presets to measure")
+    ap.add_argument("--no-train", action="store_true", help="inference rows and the bf16 check only")
+    ap.add_argument("--backbone-amp", action="store_true", help="bf16 rows run the backbone in bf16 too (default: flows only, "
+                    "as msflow does unless backbone_amp=True)")
     ap.add_argument("--infer-batches", default="32", help="comma-separated inference batch sizes")
     a = ap.parse_args()
     global DEV
     DEV = dev = torch.device(a.device)
     torch.backends.cudnn.benchmark = True
-    res = dict(gpu=torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", torch=torch.__version__, rows=[])
+    res = dict(gpu=torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", torch=torch.__version__, rows=[],
+               backbone_under_autocast=a.backbone_amp)
     reps = 3 if a.quick else 10
     sizes = dict(paper=512, lite=256)
     presets = (("lite", 64),) if a.smoke else tuple((p, sizes[p]) for p in a.presets.split(","))
     save = lambda: json.dump(res, open(a.out, "w"), indent=2)
     for preset, size in presets:
         torch.manual_seed(0)
-        model = MSFlow.from_preset(preset, pretrained=False, device=a.device, input_size=size).to(dev).eval()
+        model = MSFlow.from_preset(preset, pretrained=False, device=a.device, input_size=size, backbone_amp=a.backbone_amp).to(dev).eval()
         model = model.to(memory_format=torch.channels_last)
         params = [p for p in model.parameters() if p.requires_grad]
         for bs in ((2,) if a.smoke else tuple(int(b) for b in a.infer_batches.split(","))):
@@ -113,7 +117,7 @@ def main():
                     res["rows"].append(dict(preset=preset, what="inference compiled", error=repr(e)[:500]))
                 print(res["rows"][-1], flush=True); save()
         if dev.type == "cuda": torch.cuda.reset_peak_memory_stats()
-        for bs in ((2,) if a.smoke else (32, 8)):
+        for bs in (() if a.no_train else (2,) if a.smoke else (32, 8)):
             with torch.no_grad():
                 feats = model.extract(torch.rand(bs, 3, size, size, device=dev))
             for name, dt in (("fp32", None), ("bf16", torch.bfloat16)):

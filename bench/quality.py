@@ -60,10 +60,10 @@ def _clean(o):
 def summarise(runs: list[dict]) -> list[dict]:
     "Mean and std over seeds per variant and map, for the table."
     rows = []
-    for v in dict.fromkeys(r["variant"] for r in runs):
-        rs = [r for r in runs if r["variant"] == v]
+    for v, e in dict.fromkeys((r["variant"], r["epochs"]) for r in runs):
+        rs = [r for r in runs if r["variant"] == v and r["epochs"] == e]
         for m in ("official", "add", "mul"):
-            row = dict(variant=v, maps=m, seeds=len(rs))
+            row = dict(variant=v, epochs=e, maps=m, seeds=len(rs))
             for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_paper"):
                 xs = [r["metrics"][m][k] for r in rs if r["metrics"][m][k] is not None]
                 row[k] = f"{100 * np.mean(xs):.1f} ± {100 * np.std(xs):.1f}" if xs else "n/a"
@@ -83,7 +83,7 @@ def main(argv=None):
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="auto")
-    p.add_argument("--from-run", default=None, help="score an existing run folder (as variant base, its seed) instead of training")
+    p.add_argument("--from-run", default=None, help="score an existing run folder (its variant, seed and passes read from its configuration) instead of training")
     p.add_argument("--name", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -102,7 +102,8 @@ def main(argv=None):
     res["env"] = environment(device)
 
     def record(run):
-        res["runs"] = [r for r in res["runs"] if not (r["variant"] == run["variant"] and r["seed"] == run["seed"])] + [run]
+        same = lambda r: (r["variant"], r["seed"], r["epochs"]) == (run["variant"], run["seed"], run["epochs"])
+        res["runs"] = [r for r in res["runs"] if not same(r)] + [run]
         res["env"]["loadavg_end"] = loadavg()
         write_result(name, _clean(res))
         o = run["metrics"]["official"]
@@ -115,7 +116,8 @@ def main(argv=None):
         test = MVTecDataset(root, a.category, "test", cfg.input_size)
         sc = score_dataset(det.model, test, cfg, progress=False)
         m = json.loads((Path(a.from_run) / "metrics.json").read_text())
-        record(dict(variant="base", seed=cfg.seed, epochs=cfg.epochs, config=cfg.to_dict(), source=str(a.from_run),
+        variant = next((v for v, kw in VARIANTS.items() if kw and all(getattr(cfg, k) == x for k, x in kw.items())), "base")
+        record(dict(variant=variant, seed=cfg.seed, epochs=cfg.epochs, config=cfg.to_dict(), source=str(a.from_run),
                     train_seconds=m.get("train_seconds"), test_images_per_second=len(test) / sc.seconds,
                     metrics=both_maps_metrics(sc, cfg.top_k)))
     else:
@@ -130,7 +132,7 @@ def main(argv=None):
                 record(dict(variant=v, seed=seed, epochs=a.epochs, config=cfg.to_dict(), train_seconds=train_s,
                             test_images_per_second=len(test) / sc.seconds, metrics=both_maps_metrics(sc, cfg.top_k)))
     print()
-    print(table(summarise(res["runs"]), ["variant", "maps", "seeds", "image_auroc", "pixel_auroc", "aupro", "aupro_paper"]))
+    print(table(summarise(res["runs"]), ["variant", "epochs", "maps", "seeds", "image_auroc", "pixel_auroc", "aupro", "aupro_paper"]))
     print(f"written {path}")
 
 

@@ -53,14 +53,17 @@ def main(argv=None):
     p.add_argument("--data-root", default=None, help="also time extraction with data loading from real files")
     p.add_argument("--category", default="magnetic_tile")
     p.add_argument("--name", default=None, help="result file name (default speed_<preset>_<device>[_<amp>])")
-    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision of every step")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"], help="mixed precision of the flows")
+    p.add_argument("--backbone-amp", action="store_true", help="run the backbone under --amp too")
+    p.add_argument("--compile", action="store_true", help="torch.compile the flows (training) and the model (inference); "
+                   "the first call of each shape compiles, so use --train-reps 3 and --reps 3 or more (medians are reported)")
     p.add_argument("--layouts", action="store_true", help="also time inference (batch 8) and a training pass with the model "
                    "in the plain (NCHW) layout against channels-last, interleaved")
     a = p.parse_args(argv)
 
     torch.set_num_threads(a.threads)
     device = get_device(a.device)
-    over = dict(device=str(device), amp=a.amp)
+    over = dict(device=str(device), amp=a.amp, compile=a.compile, backbone_amp=a.backbone_amp)
     if a.random_weights: over["weights"] = "random"
     if a.input_size: over["input_size"] = a.input_size
     cfg = get_config(a.preset, **over)
@@ -139,10 +142,11 @@ def main(argv=None):
 
     # 3. inference: images -> image score, mul map and add map at the input size
     model.eval()
+    score_maps = torch.compile(model.score_maps, dynamic=False) if a.compile else model.score_maps
     for b in a.batches:
         x = torch.rand(b, 3, H, W, device=device)
         def infer():
-            with amp(): model.score_maps(x)
+            with amp(): score_maps(x)
         with torch.no_grad(), PeakMemory(device) as mem:
             ts = timeit(infer, device, reps=a.reps)
         t = median(ts)
@@ -169,7 +173,8 @@ def main(argv=None):
                                          training=median(lay["plain"]["train"]) / median(lay["channels_last"]["train"]))
         print("layouts:", {k: v for k, v in res["layouts"].items()}, flush=True)
     env["loadavg_end"] = loadavg()
-    path = write_result(a.name or f"speed_{a.preset}_{device.type}" + ("" if a.amp == "off" else f"_{a.amp}"), res)
+    path = write_result(a.name or f"speed_{a.preset}_{device.type}" + ("" if a.amp == "off" else f"_{a.amp}")
+                        + ("_backbone" if a.backbone_amp else "") + ("_compiled" if a.compile else ""), res)
     print()
     print(table(rows, ["what", "batch", "seconds", "images_per_s", "peak_mib", "above_start_mib"]))
     tr_ = res["training"]

@@ -16,7 +16,7 @@ from .core import PRESETS, MSFlowError
 # %% auto #0
 __all__ = ['DEMO_EPOCHS', 'build_parser', 'run', 'main']
 
-# %% ../nbs/30_cli.ipynb #9483e9e8
+# %% ../nbs/30_cli.ipynb #eaa66d64
 def _size(s: str):
     try:
         parts = [int(p) for p in s.lower().replace("x", ",").split(",")]
@@ -39,7 +39,8 @@ def _model_options(p: argparse.ArgumentParser):
     g.add_argument("--blocks", type=_blocks, dest="parallel_blocks", metavar="B1,B2,B3", help="coupling blocks per scale (paper: 2,5,8)")
     g.add_argument("--no-fusion", dest="fusion", action="store_const", const=False, help="drop the fusion flow (ablation)")
     g.add_argument("--top-k", type=float, help="fraction of pixels averaged into the image score (paper: 0.03)")
-    g.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision (fp16: CUDA only)")
+    g.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision of the flows (fp16: CUDA only)")
+    _backbone_amp_option(g)
     g.add_argument("--val-fraction", type=float, help="fraction of train/good held out to learn the decision thresholds")
     g.add_argument("--threshold-quantile", type=float, help="image threshold = this quantile of normal validation scores (default 0.99)")
     g.add_argument("--cache-dtype", choices=["float32", "float16"], help="storage of the training-feature cache")
@@ -49,6 +50,11 @@ def _model_options(p: argparse.ArgumentParser):
     g.add_argument("--num-workers", type=int, help="data-loading worker processes")
     _compile_option(g)
 
+def _backbone_amp_option(g):
+    g.add_argument("--backbone-amp", action="store_const", const=True, default=None,
+                   help="run the frozen backbone under --amp too (faster; features then differ from float32 ones, "
+                        "so use it for training and scoring alike)")
+
 def _compile_option(g):
     g.add_argument("--compile", action="store_const", const=True, default=None,
                    help="run the flows and scoring through torch.compile (pays on a GPU, with CUDA graphs; "
@@ -56,16 +62,18 @@ def _compile_option(g):
 
 def _scoring_options(p):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision for scoring (default: as trained; "
-                   "bf16 is much faster on CPUs with AMX or AVX-512 BF16 and on GPUs)")
+    p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision of the flows for scoring (default: as trained; "
+                   "bf16 is faster on CPUs with AMX or AVX-512 BF16 and on GPUs)")
+    _backbone_amp_option(p)
     p.add_argument("--batch-size", type=int, help="images per scoring batch (default: as trained)")
     p.add_argument("--num-workers", type=int, help="data-loading worker processes")
     _compile_option(p)
 
-def _runtime(a) -> dict: return dict(amp=a.amp, batch_size=a.batch_size, num_workers=a.num_workers, compile=a.compile)
+def _runtime(a) -> dict: return dict(amp=a.amp, backbone_amp=a.backbone_amp, batch_size=a.batch_size, num_workers=a.num_workers,
+                                     compile=a.compile)
 
 _CFG_KEYS = ["backbone", "weights", "input_size", "epochs", "batch_size", "lr", "parallel_blocks", "fusion", "top_k", "amp",
-             "val_fraction", "threshold_quantile", "cache_dtype", "cache_budget_gb", "device", "seed", "num_workers", "compile"]
+             "val_fraction", "threshold_quantile", "cache_dtype", "cache_budget_gb", "device", "seed", "num_workers", "compile", "backbone_amp"]
 
 def _overrides(a) -> dict: return {k: getattr(a, k) for k in _CFG_KEYS if getattr(a, k, None) is not None}
 

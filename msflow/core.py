@@ -22,7 +22,7 @@ __all__ = ['PRESETS', 'MSFlowError', 'MSFlowConfig', 'get_config', 'seed_everyth
 class MSFlowError(Exception):
     "An error caused by user input (data, configuration, files): reported as one line, exit status 2."
 
-# %% ../nbs/00_core.ipynb #cfb4d030
+# %% ../nbs/00_core.ipynb #7ba5ce25
 _AMP = ("off", "bf16", "fp16")
 _POOL = ("avg", "max", "none")
 
@@ -59,7 +59,8 @@ class MSFlowConfig:
     milestones: tuple = (0.7, 0.9)  # fractions of the passes after which lr is multiplied by `gamma`
     gamma: float = 0.33
     clip_grad: float = 2.0  # max gradient norm
-    amp: str = "off"  # "off", "bf16" or "fp16" (fp16 uses a grad scaler, CUDA only)
+    amp: str = "off"  # mixed precision of the flows: "off", "bf16" or "fp16" (fp16 uses a grad scaler, CUDA only)
+    backbone_amp: bool = False  # also run the frozen backbone under `amp` (faster; its features then differ from float32 ones)
     seed: int = 9826
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
     # feature cache and data

@@ -46,7 +46,7 @@ def lr_factor(epoch: int, # pass index, from 0
     n = sum(epoch >= round(m * cfg.epochs) for m in cfg.milestones)
     return warm * cfg.gamma ** n
 
-# %% ../nbs/20_engine.ipynb #b704f0ac
+# %% ../nbs/20_engine.ipynb #3050411b
 class FeatureCache:
     "Pooled backbone features of a fixed set of images, one array per scale, in memory or memory-mapped."
     def __init__(self, arrays: list[np.ndarray], tmpdir: str | None = None):
@@ -78,7 +78,8 @@ class FeatureCache:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
         i = 0
         for batch in tqdm(loader, desc="features", disable=not progress or None, leave=False):
-            feats = model.extract(batch["image"].to(device))
+            with _amp_ctx(device, model.config.amp):  # reaches the backbone only with config.backbone_amp
+                feats = model.extract(batch["image"].to(device))
             for a, f in zip(arrays, feats): a[i:i + len(f)] = f.float().cpu().numpy()
             i += len(feats[0])
         return cls(arrays, tmpdir)
@@ -102,7 +103,7 @@ class FeatureCache:
         self.arrays = [a[:0] for a in self.arrays]
         if self._tmpdir: shutil.rmtree(self._tmpdir, ignore_errors=True); self._tmpdir = None
 
-# %% ../nbs/20_engine.ipynb #5f5f5db0
+# %% ../nbs/20_engine.ipynb #dc89c00d
 @dataclass
 class History:
     "Mean training loss per pass (per image, as the official log), learning rate per pass, seconds."
@@ -213,8 +214,8 @@ def train_flows(model: MSFlow, cfg: MSFlowConfig,
         perm, total = torch.randperm(n, generator=gen), 0.0
         for i in range(0, n, cfg.batch_size):
             idx = perm[i:i + cfg.batch_size]
-            feats = model.extract(_stack(dataset, idx).to(device)) if recompute else cache.batch(idx.numpy(), device)
             with _amp_ctx(device, cfg.amp):
+                feats = model.extract(_stack(dataset, idx).to(device)) if recompute else cache.batch(idx.numpy(), device)
                 zs, logdet = flow(feats)
             loss = msflow_loss([z.float() for z in zs], logdet.float())
             if not torch.isfinite(loss): raise _diverged("loss", loss.item(), epoch, lr, cfg, checkpoint)
@@ -324,7 +325,7 @@ def f1_at(labels, scores, threshold: float) -> float:
     tp = (y & p).sum(); d = p.sum() + y.sum()
     return float(2 * tp / d) if d else 0.0
 
-# %% ../nbs/20_engine.ipynb #38fa173e
+# %% ../nbs/20_engine.ipynb #9f6a9d90
 FORMAT, FORMAT_VERSION = "msflow-model", 1
 
 @dataclass
@@ -396,10 +397,10 @@ class Detector:
         rows = [dict(path=p, score=float(s), anomalous=bool(s > self.image_threshold)) for p, s in zip(sc.paths, sc.scores)]
         return rows, sc
 
-RUNTIME_OPTIONS = ("amp", "batch_size", "num_workers", "compile")  # may differ between training and scoring
+RUNTIME_OPTIONS = ("amp", "backbone_amp", "batch_size", "num_workers", "compile")  # may differ between training and scoring
 
 def load(path, device="cpu",
-         **runtime) -> Detector:  # scoring options to change: amp, batch_size, num_workers, compile
+         **runtime) -> Detector:  # scoring options to change: amp, backbone_amp, batch_size, num_workers, compile
     "Load a trained detector from a run folder or a `model.pt` file."
     det = Detector.load(path, device)
     bad = set(runtime) - set(RUNTIME_OPTIONS)
@@ -541,7 +542,7 @@ def write_figures(sc: Scores, det: Detector, folder: Path, per_defect: int = 3, 
                              title=f"{Path(p).name}  score {sc.scores[i]:.3f}" + ("  (anomalous)" if sc.scores[i] > det.image_threshold else ""))
         fig.savefig(hm / f"{d}_{Path(p).stem}.png", dpi=90); plt.close(fig)
 
-# %% ../nbs/20_engine.ipynb #fff3ae72
+# %% ../nbs/20_engine.ipynb #327bafa2
 RESUME_MAY_CHANGE = ("lr", "amp", "device", "num_workers", "compile", "cache_dtype", "cache_budget_gb", "top_k", "threshold_quantile")
 
 def _environment(cfg, device) -> dict:
@@ -563,7 +564,8 @@ def _score_cache(model, cache, cfg, size) -> np.ndarray:
     with torch.no_grad():
         for i in range(0, len(cache), cfg.batch_size):
             idx = np.arange(i, min(i + cfg.batch_size, len(cache)))
-            logps = [l.float() for l in model.log_likelihoods(features=cache.batch(idx, device))]
+            with _amp_ctx(device, cfg.amp):
+                logps = [l.float() for l in model.log_likelihoods(features=cache.batch(idx, device))]
             s.append(image_score(mul_map(logps, size), cfg.top_k).cpu()); r.append(raw_map(logps, size).cpu())
     return torch.cat(s).numpy(), torch.cat(r).numpy()
 
