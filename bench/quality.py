@@ -117,6 +117,7 @@ def main(argv=None):
         sc = score_dataset(det.model, test, cfg, progress=False)
         m = json.loads((Path(a.from_run) / "metrics.json").read_text())
         variant = next((v for v, kw in VARIANTS.items() if kw and all(getattr(cfg, k) == x for k, x in kw.items())), "base")
+        if cfg.amp != "off": variant += f"_{cfg.amp}"  # trained with mixed precision (flows)
         record(dict(variant=variant, seed=cfg.seed, epochs=cfg.epochs, config=cfg.to_dict(), source=str(a.from_run),
                     train_seconds=m.get("train_seconds"), test_images_per_second=len(test) / sc.seconds,
                     metrics=both_maps_metrics(sc, cfg.top_k)))
