@@ -6,6 +6,8 @@ the backbone at every step, and inference (image -> score and maps) at several b
     python bench/speed.py --preset lite --device cuda         # on a GPU
     python bench/speed.py --preset lite --amp bf16            # bf16 autocast (CPUs with AMX / AVX-512 BF16, GPUs)
     python bench/speed.py --preset lite --layouts             # + channels-last vs plain layout, side by side
+    python bench/speed.py --preset lite --fold                # + BatchNorm folded vs plain backbone, side by side
+    python bench/speed.py --preset lite --maps                # + map upsampling by matrix products vs F.interpolate
 
 Images are random tensors already in memory: data loading and decoding are NOT included, except in
 the row `extract_with_loading`, which reads, decodes and resizes real files when --data-root is given.
@@ -59,6 +61,10 @@ def main(argv=None):
                    "the first call of each shape compiles, so use --train-reps 3 and --reps 3 or more (medians are reported)")
     p.add_argument("--layouts", action="store_true", help="also time inference (batch 8) and a training pass with the model "
                    "in the plain (NCHW) layout against channels-last, interleaved")
+    p.add_argument("--fold", action="store_true", help="also time extraction and inference (batch 8) with the backbone's "
+                   "BatchNorm folded into its convolutions (the default) against the plain backbone, interleaved")
+    p.add_argument("--maps", action="store_true", help="also time the anomaly maps (batch 8) with upsampling by matrix "
+                   "products (the default) against F.interpolate, interleaved")
     a = p.parse_args(argv)
 
     torch.set_num_threads(a.threads)
@@ -172,6 +178,45 @@ def main(argv=None):
         res["layouts"]["speedup"] = dict(inference=median(lay["plain"]["infer"]) / median(lay["channels_last"]["infer"]),
                                          training=median(lay["plain"]["train"]) / median(lay["channels_last"]["train"]))
         print("layouts:", {k: v for k, v in res["layouts"].items()}, flush=True)
+    # 5. BatchNorm folded into the backbone's convolutions (msflow's default) against the plain backbone, interleaved
+    if a.fold:
+        x = torch.rand(8, 3, H, W, device=device)
+        fold = dict(plain=dict(extract=[], infer=[]), folded=dict(extract=[], infer=[]))
+        model.eval()
+        for r in range(max(3, a.reps)):
+            for name, on in (("plain", False), ("folded", True)):
+                model.extractor.fold_bn = on
+                with torch.no_grad(), amp():
+                    fold[name]["extract"] += timeit(lambda: model.extract(x), device, reps=1)
+                    fold[name]["infer"] += timeit(lambda: model.score_maps(x), device, reps=1)
+        model.extractor.fold_bn = True
+        res["fold_bn"] = {k: dict(extract_images_per_s=8 / median(v["extract"]), inference_images_per_s=8 / median(v["infer"]), raw=v)
+                          for k, v in fold.items()}
+        res["fold_bn"]["speedup"] = {w: median(fold["plain"][w]) / median(fold["folded"][w]) for w in ("extract", "infer")}
+        print("fold_bn:", {k: {kk: vv for kk, vv in v.items() if kk != "raw"} for k, v in res["fold_bn"].items()}, flush=True)
+    # 6. anomaly maps: upsampling by two matrix products (the default) against F.interpolate, interleaved
+    if a.maps:
+        import msflow.anomaly_map as am
+        mm_up = am._up
+        def interp_up(x, size):
+            if x.dtype in (torch.float16, torch.bfloat16): x = x.float()
+            return torch.nn.functional.interpolate(x[:, None], size=am._size2(size), mode="bilinear", align_corners=True)[:, 0]
+        x = torch.rand(8, 3, H, W, device=device)
+        model.eval()
+        with torch.no_grad(), amp(): logps = [l.float() for l in model.log_likelihoods(x)]
+        def maps(): am.image_score(am.mul_map(logps, (H, W))); am.add_map(logps, (H, W))
+        mp = dict(interpolate=dict(maps=[], infer=[]), matmul=dict(maps=[], infer=[]))
+        for r in range(max(3, a.reps)):
+            for name, up in (("interpolate", interp_up), ("matmul", mm_up)):
+                am._up = up
+                with torch.no_grad(), amp():
+                    mp[name]["maps"] += timeit(maps, device, reps=3)
+                    mp[name]["infer"] += timeit(lambda: model.score_maps(x), device, reps=1)
+        am._up = mm_up
+        res["maps"] = {k: dict(maps_ms_per_batch8=1000 * median(v["maps"]), inference_images_per_s=8 / median(v["infer"]), raw=v)
+                       for k, v in mp.items()}
+        res["maps"]["speedup"] = {w: median(mp["interpolate"][w]) / median(mp["matmul"][w]) for w in ("maps", "infer")}
+        print("maps:", {k: {kk: vv for kk, vv in v.items() if kk != "raw"} for k, v in res["maps"].items()}, flush=True)
     env["loadavg_end"] = loadavg()
     path = write_result(a.name or f"speed_{a.preset}_{device.type}" + ("" if a.amp == "off" else f"_{a.amp}")
                         + ("_backbone" if a.backbone_amp else "") + ("_compiled" if a.compile else ""), res)
