@@ -200,7 +200,7 @@ def fold_batchnorm(net: nn.Module, # a network in evaluation mode (not changed)
             n += 1
     return net.eval(), n
 
-# %% ../nbs/01_extractor.ipynb #e303f6e1
+# %% ../nbs/01_extractor.ipynb #94b536b9
 _POOLS = {"avg": lambda: nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=True),
           "max": lambda: nn.MaxPool2d(3, stride=2, padding=1),
           "none": nn.Identity}
@@ -291,12 +291,14 @@ class FeatureExtractor(nn.Module):
         "Always evaluation mode: the backbone is frozen, BatchNorm keeps its running statistics."
         return super().train(False)
 
-    def forward(self, images: torch.Tensor # (B, 3, H, W) images in [0, 1], not normalised
+    def forward(self, images: torch.Tensor, # (B, 3, H, W) images in [0, 1], not normalised
+                use_amp: bool | None = None, # let an enclosing autocast region reach the backbone (None: `self.use_amp`)
                ) -> list[torch.Tensor]: # one (B, C_s, H_s, W_s) map per stage, pooled
         "Normalise, run the frozen backbone without autograd, pool."
         if images.ndim != 4 or images.shape[1] != 3:
             raise MSFlowError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
-        amp = contextlib.nullcontext() if self.use_amp else torch.autocast(images.device.type, enabled=False)
+        use_amp = self.use_amp if use_amp is None else use_amp
+        amp = contextlib.nullcontext() if use_amp else torch.autocast(images.device.type, enabled=False)
         with torch.no_grad(), amp:
             x = (images.float() - self._mean) / self._std
             try: feats = self.inference_backbone()(x)

@@ -20,7 +20,7 @@ from .loss import msflow_loss
 # %% auto #0
 __all__ = ['MSFlow']
 
-# %% ../nbs/05_model.ipynb #47656dc0
+# %% ../nbs/05_model.ipynb #2ecc1111
 class MSFlow(nn.Module):
     "MSFlow: a frozen feature extractor, one conditional flow per scale, and a cross-scale fusion flow."
     def __init__(self, config: MSFlowConfig,  # the model's settings (backbone, weights, depths, clamp, ...)
@@ -65,8 +65,7 @@ class MSFlow(nn.Module):
 
     def extract(self, images: Tensor) -> list[Tensor]:  # images (B, 3, H, W) in [0, 1]
         "Pooled backbone features, one (B, C_s, H_s, W_s) map per scale (no autograd)."
-        self.extractor.use_amp = self.config.backbone_amp
-        return self.extractor(images.contiguous(memory_format=self.memory_format))
+        return self.extractor(images.contiguous(memory_format=self.memory_format), use_amp=self.config.backbone_amp)
 
     def _features(self, images, features) -> list[Tensor]:
         if (images is None) == (features is None):
