@@ -118,6 +118,7 @@ def main(argv=None):
         m = json.loads((Path(a.from_run) / "metrics.json").read_text())
         variant = next((v for v, kw in VARIANTS.items() if kw and all(getattr(cfg, k) == x for k, x in kw.items())), "base")
         if cfg.amp != "off": variant += f"_{cfg.amp}"  # trained with mixed precision (flows)
+        if cfg.val_fraction == 0: variant += "_noval"  # no validation split: trained on all of train/good
         record(dict(variant=variant, seed=cfg.seed, epochs=cfg.epochs, config=cfg.to_dict(), source=str(a.from_run),
                     train_seconds=m.get("train_seconds"), test_images_per_second=len(test) / sc.seconds,
                     metrics=both_maps_metrics(sc, cfg.top_k)))
