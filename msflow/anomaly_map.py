@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['log_likelihoods', 'interp_matrix', 'mul_map', 'add_map', 'top_k_count', 'image_score', 'score_maps']
+__all__ = ['log_likelihoods', 'interp_matrix', 'summed_log_likelihood', 'mul_map', 'add_map', 'top_k_count', 'image_score',
+           'score_maps']
 
 # %% ../nbs/04_anomaly_map.ipynb #f802d222
 def log_likelihoods(zs: Sequence[torch.Tensor], # latents, one (B, C_s, H_s, W_s) tensor per scale
@@ -19,7 +20,7 @@ def log_likelihoods(zs: Sequence[torch.Tensor], # latents, one (B, C_s, H_s, W_s
     "Per-pixel log-likelihood of each scale: −½ · mean over channels of z² (no log-determinant)."
     return [-0.5 * z.pow(2).mean(1) for z in zs]
 
-# %% ../nbs/04_anomaly_map.ipynb #d18f72ec
+# %% ../nbs/04_anomaly_map.ipynb #1e9b0e78
 def _size2(size) -> tuple[int, int]:
     return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -51,11 +52,17 @@ def _img_max(x: torch.Tensor) -> torch.Tensor:
     "Per-image maximum of a (B, H, W) map, shaped (B, 1, 1) for broadcasting."
     return x.flatten(1).max(1).values[:, None, None]
 
+def summed_log_likelihood(logps: Sequence[torch.Tensor], # per-scale log-likelihoods, (B, H_s, W_s) each
+                          size: int | Sequence[int], # (H, W) of the output map
+                         ) -> torch.Tensor: # (B, H, W) Λ = Σ_s Up(log p_s), at least float32
+    "Λ: the per-scale log-likelihoods upsampled to the image size and summed (the log of the product of the scale likelihoods)."
+    return sum(_up(l, size) for l in logps)
+
 def mul_map(logps: Sequence[torch.Tensor], # per-scale log-likelihoods, (B, H_s, W_s) each
             size: int | Sequence[int], # (H, W) of the output map (the input image size)
            ) -> torch.Tensor: # (B, H, W) anomaly map 1 − exp(Λ − max Λ), in [0, 1)
     "The 'mul' map: upsample and sum the log-likelihoods (product of likelihoods), normalise per image."
-    lam = sum(_up(l, size) for l in logps)
+    lam = summed_log_likelihood(logps, size)
     p = torch.exp(lam - _img_max(lam))
     return _img_max(p) - p
 

@@ -200,7 +200,7 @@ def fold_batchnorm(net: nn.Module, # a network in evaluation mode (not changed)
             n += 1
     return net.eval(), n
 
-# %% ../nbs/01_extractor.ipynb #94b536b9
+# %% ../nbs/01_extractor.ipynb #88c44904
 _POOLS = {"avg": lambda: nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=True),
           "max": lambda: nn.MaxPool2d(3, stride=2, padding=1),
           "none": nn.Identity}
@@ -276,7 +276,6 @@ class FeatureExtractor(nn.Module):
         self.channels = list(net.feature_info.channels())
         self.strides = [r * (1 if pool == "none" else 2) for r in net.feature_info.reduction()]
         self._sizes = {}
-        self.use_amp = False  # True: an enclosing autocast region applies to the backbone too
         self.fold_bn = True  # run a copy with BatchNorm folded into the convolutions (same features, faster)
         self._folded = None  # (key of the weights it was built from, folded copy or None)
         self.train(False)
@@ -292,12 +291,11 @@ class FeatureExtractor(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor, # (B, 3, H, W) images in [0, 1], not normalised
-                use_amp: bool | None = None, # let an enclosing autocast region reach the backbone (None: `self.use_amp`)
+                use_amp: bool = False, # let an enclosing autocast region reach the backbone
                ) -> list[torch.Tensor]: # one (B, C_s, H_s, W_s) map per stage, pooled
         "Normalise, run the frozen backbone without autograd, pool."
         if images.ndim != 4 or images.shape[1] != 3:
             raise MSFlowError(f"images must have shape (B, 3, H, W), got {tuple(images.shape)}")
-        use_amp = self.use_amp if use_amp is None else use_amp
         amp = contextlib.nullcontext() if use_amp else torch.autocast(images.device.type, enabled=False)
         with torch.no_grad(), amp:
             x = (images.float() - self._mean) / self._std
