@@ -39,7 +39,8 @@ from torch import nn
 from common import PeakMemory, environment, loadavg, median, sync, table, timeit, write_result
 from msflow.core import get_config, get_device, seed_everything
 from msflow.data import MVTecDataset
-from msflow.engine import fit, score_dataset
+from msflow.detector import score_dataset
+from msflow.engine import fit
 from msflow.extractor import FeatureExtractor
 from msflow.metrics import aupro, image_auroc, pixel_auroc
 

@@ -31,7 +31,8 @@ from common import RESULTS, environment, loadavg, table, write_result
 from msflow.anomaly_map import image_score
 from msflow.core import get_config, get_device
 from msflow.data import MVTecDataset
-from msflow.engine import fit, load, score_dataset
+from msflow.detector import score_dataset
+from msflow.engine import fit, load
 from msflow.metrics import aupro, aupro_paper, image_auroc, pixel_auroc
 
 VARIANTS = {"base": {}, "no_fusion": dict(fusion=False), "equal_depths": dict(parallel_blocks=(5, 5, 5))}

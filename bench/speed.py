@@ -28,7 +28,7 @@ import torch
 
 from common import PeakMemory, environment, loadavg, median, sync, table, timeit, write_result
 from msflow.core import autocast_dtype, get_config, get_device, seed_everything
-from msflow.engine import FeatureCache, train_flows
+from msflow.train import FeatureCache, train_flows
 from msflow.model import MSFlow
 
 

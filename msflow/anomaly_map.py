@@ -10,9 +10,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .core import _size2
+
 # %% auto #0
-__all__ = ['log_likelihoods', 'interp_matrix', 'summed_log_likelihood', 'mul_map', 'add_map', 'top_k_count', 'image_score',
-           'score_maps']
+__all__ = ['log_likelihoods', 'interp_matrix', 'summed_log_likelihood', 'mul_map', 'raw_map', 'add_map', 'top_k_count',
+           'image_score', 'score_maps']
 
 # %% ../nbs/04_anomaly_map.ipynb #f802d222
 def log_likelihoods(zs: Sequence[torch.Tensor], # latents, one (B, C_s, H_s, W_s) tensor per scale
@@ -21,9 +23,6 @@ def log_likelihoods(zs: Sequence[torch.Tensor], # latents, one (B, C_s, H_s, W_s
     return [-0.5 * z.pow(2).mean(1) for z in zs]
 
 # %% ../nbs/04_anomaly_map.ipynb #1e9b0e78
-def _size2(size) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
-
 _INTERP: dict = {}
 
 def interp_matrix(n_in: int, # input length h
@@ -62,9 +61,18 @@ def mul_map(logps: Sequence[torch.Tensor], # per-scale log-likelihoods, (B, H_s,
             size: int | Sequence[int], # (H, W) of the output map (the input image size)
            ) -> torch.Tensor: # (B, H, W) anomaly map 1 − exp(Λ − max Λ), in [0, 1)
     "The 'mul' map: upsample and sum the log-likelihoods (product of likelihoods), normalise per image."
-    lam = summed_log_likelihood(logps, size)
+    return _mul_from(summed_log_likelihood(logps, size))
+
+def _mul_from(lam: torch.Tensor) -> torch.Tensor:
+    "The mul map 1 − exp(Λ − max Λ) of an already summed Λ."
     p = torch.exp(lam - _img_max(lam))
     return _img_max(p) - p
+
+def raw_map(logps: Sequence[torch.Tensor], # per-scale log-likelihoods, (B, H_s, W_s) each
+            size: int | Sequence[int], # (H, W) of the output map
+           ) -> torch.Tensor: # (B, H, W) −Λ, large where unlikely
+    "The 'raw' map −Λ: the negative summed log-likelihood, *not* normalised per image, so comparable across images."
+    return -summed_log_likelihood(logps, size)
 
 def add_map(logps: Sequence[torch.Tensor], # per-scale log-likelihoods, (B, H_s, W_s) each
             size: int | Sequence[int], # (H, W) of the output map (the input image size)
@@ -90,8 +98,13 @@ def image_score(mul_map: torch.Tensor, # (B, H, W) mul maps
 
 def score_maps(logps: Sequence[torch.Tensor], # per-scale log-likelihoods, (B, H_s, W_s) each
                size: int | Sequence[int], # (H, W) of the maps
-               top_k: float = 0.03, # fraction of the pixels averaged into the score
-              ) -> dict: # score (B,), mul (B, H, W), add (B, H, W)
-    "Everything the evaluation needs: image score (from the mul map), mul map and add map."
-    m = mul_map(logps, size)
-    return dict(score=image_score(m, top_k), mul=m, add=add_map(logps, size))
+               top_k: float = 0.03, # fraction of the pixels averaged into the scores
+               add: bool = True, # also build the add map (thresholds need only the score and the raw map)
+              ) -> dict: # score, raw_score (B,); mul, raw, add (B, H, W); at least float32
+    "Everything scoring needs from one batch: the official image score (top-k mean of the mul map), the graded `raw_score` (top-k mean of the raw map), and the mul, raw and add maps."
+    logps = [l.float() for l in logps]  # maps and scores in float32 even when the flows ran in bf16
+    lam = summed_log_likelihood(logps, size)  # Λ once, shared by the mul and the raw map
+    m, raw = _mul_from(lam), -lam
+    out = dict(score=image_score(m, top_k), raw_score=image_score(raw, top_k), mul=m, raw=raw)
+    if add: out["add"] = add_map(logps, size)
+    return out

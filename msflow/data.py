@@ -436,13 +436,18 @@ class ImageFolder(Dataset):
                  recursive: bool = False,  # include images in sub-folders of the folders given
                 ):
         if isinstance(paths, (str, os.PathLike)): paths = [paths]
-        self.input_size, self.paths = _size2(input_size), []
+        self.input_size, self.paths, self.left_out, self.skipped = _size2(input_size), [], [], []
         for p in map(Path, paths):
-            if p.is_dir(): self.paths += list_images(p, recursive=recursive, allow_empty=True)
+            if p.is_dir():
+                found: list = []
+                self.paths += list_images(p, recursive=recursive, allow_empty=True, bad=found)
+                self.left_out += [f for f, why in found if "no image extension" in why]
+                self.paths += [f for f, why in found if "no image extension" not in why]  # empty images: validate() names them
             elif p.is_file(): self.paths.append(p)
             else: raise DataError(f"'{p}' does not exist (expected an image file or a folder of images)")
         if not self.paths:
-            raise DataError(f"no images found in {_fmt_names([str(p) for p in paths])} (expected image files such as .png or .jpg)")
+            extra = f" ({len(self.left_out)} files without an image extension left out)" if self.left_out else ""
+            raise DataError(f"no images found in {_fmt_names([str(p) for p in paths])}{extra} (expected image files such as .png or .jpg)")
 
     def __len__(self): return len(self.paths)
 
@@ -450,9 +455,16 @@ class ImageFolder(Dataset):
         im = read_image(self.paths[i])
         return dict(image=image_to_tensor(im, self.input_size), path=str(self.paths[i]), orig_size=(im.height, im.width))
 
-    def validate(self, num_threads: int = 8) -> "ImageFolder":
-        "Decode every image once; one `DataError` naming every unusable file. Returns self."
-        check_images(self.paths, num_threads=num_threads)
+    def validate(self, num_threads: int = 8,  # files decoded at once
+                 skip_bad: bool = False,  # drop unreadable images (listed in `skipped`) instead of raising
+                ) -> "ImageFolder":
+        "Decode every image once; one `DataError` naming every unusable file (or, with `skip_bad`, leave them out). Returns self."
+        if not skip_bad:
+            check_images(self.paths, num_threads=num_threads); return self
+        self.skipped = find_bad_images(self.paths, num_threads=num_threads)
+        bad = {p for p, _ in self.skipped}
+        self.paths = [p for p in self.paths if Path(p) not in bad]
+        if not self.paths: raise DataError(bad_files_message(self.skipped, len(self.skipped)) + ": no readable image is left to score")
         return self
 
     def __repr__(self): return f"ImageFolder({len(self)} images, input_size={self.input_size})"

@@ -5,7 +5,9 @@
 # %% ../nbs/12_metrics.ipynb #de2f3fcf
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,7 +19,7 @@ from .core import MSFlowError
 
 # %% auto #0
 __all__ = ['MetricWarning', 'synthetic_maps', 'image_auroc', 'pixel_auroc', 'pro_curve', 'trapezoid', 'aupro', 'pro_curve_paper',
-           'aupro_paper']
+           'aupro_paper', 'quantile_threshold', 'f1_threshold', 'f1_at', 'Scores', 'compute_metrics']
 
 # %% ../nbs/12_metrics.ipynb #9946d7ee
 class MetricWarning(UserWarning):
@@ -293,3 +295,60 @@ def aupro_paper(masks,  # (N, H, W) defect masks, bool or 0/1 (array or tensor)
         return _undefined("paper-style PRO", f"all thresholds with FPR < {fpr_limit} have the same FPR, so the FPR rescale divides by zero")
     x = (x - x.min()) / (x.max() - x.min())
     return float(_sk_auc(x, pro[keep]))
+
+# %% ../nbs/12_metrics.ipynb #0c792956
+def quantile_threshold(normal_scores, # scores (or map values) of normal images, any shape
+                       q: float = 0.99, # the quantile
+                      ) -> float:
+    "The `q` quantile of scores of normal images: about `1-q` of normal images score above it."
+    s = np.asarray(normal_scores, dtype=np.float64).ravel()
+    if s.size == 0: raise MSFlowError("cannot learn a threshold without any normal image")
+    return float(np.quantile(s, q))
+
+def f1_threshold(labels, # 0 normal / 1 anomalous
+                 scores, # the scores of the same images
+                ) -> tuple[float, float]:
+    "The threshold maximising F1 of `scores > threshold` against `labels`, and that F1."
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64)
+    if labels.all() or not labels.any(): raise MSFlowError("an F1-optimal threshold needs both normal and anomalous images")
+    order = np.argsort(-scores, kind="stable")
+    s, l = scores[order], labels[order]
+    tp = np.cumsum(l); fp = np.cumsum(~l)
+    last = np.r_[s[1:] != s[:-1], True]  # predict positive for all scores >= s[i]
+    f1 = 2 * tp / (tp + fp + l.sum())
+    i = np.flatnonzero(last)[np.argmax(f1[last])]
+    thr = (s[i] + s[i + 1]) / 2 if i + 1 < len(s) else s[i] - 1e-12
+    return float(thr), float(f1[i])
+
+def f1_at(labels, # 0 normal / 1 anomalous
+          scores, # the scores of the same images
+          threshold: float, # an image is flagged when its score is above it
+         ) -> float:
+    "F1 score of the decision `scores > threshold`."
+    y, p = np.asarray(labels).astype(bool), np.asarray(scores) > threshold
+    tp = (y & p).sum(); d = p.sum() + y.sum()
+    return float(2 * tp / d) if d else 0.0
+
+# %% ../nbs/12_metrics.ipynb #1cda4c0f
+@dataclass
+class Scores:
+    "Everything the metrics and figures need from one pass over a dataset."
+    scores: np.ndarray  # (N,) image scores (top-k mean of the mul map)
+    add: np.ndarray     # (N, H, W) add maps (pixel AUROC)
+    mul: np.ndarray     # (N, H, W) mul maps (PRO, display)
+    raw: np.ndarray     # (N, H, W) negative summed log-likelihood, comparable across images
+    labels: np.ndarray | None = None  # (N,) 0 good / 1 defect
+    masks: np.ndarray | None = None   # (N, H, W) bool
+    paths: list = field(default_factory=list)
+    defects: list = field(default_factory=list)
+    seconds: float = 0.0  # wall time of the inference loop (data loading, backbone, flows, maps)
+    raw_score: np.ndarray | None = None  # (N,) graded image scores (top-k mean of the raw map), never saturating
+
+def compute_metrics(sc: Scores, # a scored test split (labels and masks needed)
+                    image_threshold: float = float("nan"), # for the image F1; NaN: no F1
+                   ) -> dict:
+    "Image AUROC, pixel AUROC, AU-PRO (MVTec definition), paper-style PRO and F1 at `image_threshold`."
+    if sc.labels is None: raise MSFlowError("these images have no labels: metrics need a test split")
+    return dict(image_auroc=image_auroc(sc.labels, sc.scores), pixel_auroc=pixel_auroc(sc.masks, sc.add),
+                aupro=aupro(sc.masks, sc.mul), aupro_paper=aupro_paper(sc.masks, sc.mul),
+                image_f1=f1_at(sc.labels, sc.scores, image_threshold) if math.isfinite(image_threshold) else float("nan"))

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import matplotlib
 import numpy as np
+import math
 
 # %% auto #0
-__all__ = ['overlay', 'heatmap_figure', 'roc_figure', 'pro_figure']
+__all__ = ['overlay', 'heatmap_figure', 'roc_figure', 'pro_figure', 'write_figures', 'write_overlays']
 
 # %% ../nbs/15_viz.ipynb #e3e82ee3
 def _to_hwc(image) -> np.ndarray:
@@ -81,3 +82,58 @@ def pro_figure(fpr, pro, fpr_limit: float = 0.3, aupro: float | None = None, tit
     if aupro is not None: ax.legend(loc="lower right")
     fig.tight_layout()
     return fig
+
+# %% ../nbs/15_viz.ipynb #bec0a774
+def write_figures(sc, # `msflow.metrics.Scores` of a scored dataset
+                  folder: Path, # where roc.png, pro.png and heatmaps/ go
+                  image_threshold: float = float("nan"), # marks images above it "(anomalous)"
+                  pixel_threshold: float = float("nan"), # outlines the raw map above it as the predicted region
+                  per_defect: int = 3, # heatmap figures per defect type
+                  dataset=None, # the dataset scored, for the images themselves (no heatmaps without it)
+                  aupro_value: float | None = None, # printed on the PRO figure
+                 ):
+    "Heatmap figures (a few per defect type), the ROC curve and the PRO curve into `folder`."
+    import matplotlib.pyplot as plt
+    from msflow.metrics import pro_curve
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if sc.labels is not None and 0 < sc.labels.sum() < len(sc.labels):
+        fig = roc_figure(sc.labels, sc.scores); fig.savefig(folder / "roc.png", dpi=110); plt.close(fig)
+    if sc.masks is not None and sc.masks.any():
+        fpr, pro = pro_curve(sc.masks, sc.mul, fpr_limit=0.3)
+        keep = np.unique(np.linspace(0, len(fpr) - 1, 2000).astype(int))  # enough points to draw
+        fig = pro_figure(fpr[keep], pro[keep], aupro=aupro_value); fig.savefig(folder / "pro.png", dpi=110); plt.close(fig)
+    hm = folder / "heatmaps"; hm.mkdir(exist_ok=True)
+    seen: dict = {}
+    for i, p in enumerate(sc.paths):
+        d = sc.defects[i] if sc.defects else "image"
+        if seen.get(d, 0) >= per_defect: continue
+        seen[d] = seen.get(d, 0) + 1
+        img = dataset[i]["image"] if dataset is not None else None
+        if img is None: continue
+        region = sc.raw[i] > pixel_threshold if math.isfinite(pixel_threshold) else None
+        fig = heatmap_figure(img, sc.mul[i], None if sc.masks is None else sc.masks[i], region, vmax=1.0,
+                             title=f"{Path(p).name}  score {sc.scores[i]:.3f}" + ("  (anomalous)" if sc.scores[i] > image_threshold else ""))
+        fig.savefig(hm / f"{d}_{Path(p).stem}.png", dpi=90); plt.close(fig)
+
+# %% ../nbs/15_viz.ipynb #aa9b3365
+def write_overlays(paths, # the scored image files
+                   maps, # (N, h, w) mul maps at the model's input size, in [0, 1]
+                   folder, # written: one NAME.png per image (NAME_.png, NAME__.png... for repeated names)
+                  ) -> list[Path]: # the files written, in the order of `paths`
+    "The map of each image resized to the image's own size and overlaid on it (jet, 40 %)."
+    import torch
+    from PIL import Image
+    from msflow.data import read_image
+    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
+    names, out = set(), []
+    for p, m in zip(paths, maps):
+        img = np.asarray(read_image(p), dtype=np.float32) / 255
+        m = torch.nn.functional.interpolate(torch.as_tensor(np.asarray(m, np.float32))[None, None], size=img.shape[:2],
+                                            mode="bilinear", align_corners=True)[0, 0].numpy()
+        name = Path(p).stem
+        while name in names: name += "_"
+        names.add(name)
+        Image.fromarray((overlay(img, m, vmin=0.0, vmax=1.0) * 255).round().astype(np.uint8)).save(folder / f"{name}.png")
+        out.append(folder / f"{name}.png")
+    return out

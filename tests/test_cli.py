@@ -102,3 +102,42 @@ def test_test_accepts_scoring_options(run, data):
     for cmd in ("test", "predict"):
         h = msflow(cmd, "--help").stdout
         assert all(o in h for o in ("--amp", "--batch-size", "--compile", "--device"))
+
+
+def test_predict_scores_are_the_test_scores(run, data, tmp_path):
+    "The score `msflow predict` writes for a test image is the one `msflow test` ranks: same AUROC, same scores per image."
+    from msflow.data import MVTecDataset
+    from msflow.engine import load
+    from msflow.metrics import image_auroc
+    msflow("test", "--run", run, "--data-root", data, "--category", "grass", "--out", tmp_path / "t", "--device", "cpu", "--quiet")
+    m = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    msflow("predict", "--run", run, data / "grass" / "test", "--out", tmp_path / "p", "--device", "cpu", "--quiet", "--no-heatmaps")
+    rows = list(csv.DictReader(open(tmp_path / "p" / "scores.csv")))
+    labels = [0 if Path(r["path"]).parent.name == "good" else 1 for r in rows]
+    assert abs(image_auroc(labels, [float(r["score"]) for r in rows]) - m["image_auroc"]) < 1e-9
+    det = load(run)
+    sc = det.score_data(MVTecDataset(data, "grass", "test", det.input_size), progress=False)
+    by_path = {str(Path(r["path"]).resolve()): float(r["score"]) for r in rows}
+    assert len(by_path) == len(sc.paths)
+    for p, s in zip(sc.paths, sc.scores): assert abs(by_path[str(Path(p).resolve())] - s) <= 5e-7, p
+    assert not (tmp_path / "p" / "heatmaps").exists()
+
+
+def test_predict_on_a_folder_as_it_comes_off_a_line(run, data, tmp_path):
+    "A note beside the images is left out with one line; a corrupt image stops predict (exit 2) unless --skip-bad."
+    line = tmp_path / "line"; line.mkdir()
+    imgs = sorted((data / "grass" / "test").rglob("*.png"))[:3]
+    for i, p in enumerate(imgs): (line / f"{i}.png").write_bytes(p.read_bytes())
+    (line / "notes.txt").write_text("shift 2")
+    r = msflow("predict", "--run", run, line, "--out", tmp_path / "a", "--device", "cpu")
+    assert "left out 1 file(s) without an image extension" in r.stderr and "notes.txt" in r.stderr
+    assert "3 images scored" in r.stdout
+    (line / "cut.png").write_bytes(imgs[0].read_bytes()[:70])
+    r = msflow("predict", "--run", run, line, "--out", tmp_path / "b", "--device", "cpu", "--quiet", check=False)
+    assert r.returncode == 2 and "cut.png" in r.stderr and r.stderr.count("\n") == 1 and not (tmp_path / "b" / "scores.csv").exists()
+    r = msflow("predict", "--run", run, line, "--out", tmp_path / "b", "--device", "cpu", "--quiet", "--skip-bad")
+    assert "3 images scored" in r.stdout and "1 unreadable skipped" in r.stdout
+    assert (tmp_path / "b" / "skipped.txt").read_text().startswith(str(line / "cut.png"))
+    rows = list(csv.DictReader(open(tmp_path / "b" / "scores.csv")))
+    assert [Path(r["path"]).name for r in rows] == ["0.png", "1.png", "2.png"]
+    assert all(float(r["raw_score"]) > 0 for r in rows)  # the graded score: nats, positive

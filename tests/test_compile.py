@@ -22,7 +22,7 @@ def test_compiled_training_and_scoring_match_eager(tmp_path):
     for (k, a), b in zip(det_e.model.state_dict().items(), det_c.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
     imgs = sorted((root / "grass" / "test").rglob("*.png"))
-    s_e = np.array([r["score"] for r in det_e.predict(imgs, progress=False)[0]])
-    s_c = np.array([r["score"] for r in det_c.predict(imgs, progress=False)[0]])
+    s_e = np.array([r["score"] for r in det_e.predict(imgs, progress=False)])
+    s_c = np.array([r["score"] for r in det_c.predict(imgs, progress=False)])
     np.testing.assert_allclose(s_c, s_e, rtol=1e-4, atol=1e-5)
     assert abs(m_e["pixel_auroc"] - m_c["pixel_auroc"]) < 1e-3

@@ -8,10 +8,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from msflow.core import MSFlowError
+from msflow.download import data_home, find_category
 from msflow.data import (DataError, ImageFolder, MVTecDataset, check_images, collate, describe_dataset,
                          list_categories, read_image, read_mask, scan_category)
 
-MTD_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
+MTD_ROOT = find_category("magnetic_tile") or data_home()  # under $MSFLOW_DATA (developers: ../shared/data), else ~/msflow-data
 
 
 def _save(path: Path, arr, mode=None, **kw):
@@ -285,8 +286,11 @@ def test_image_folder_errors(tree, tmp_path):
     assert str(tmp_path / "missing.png") in str(e.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images found"): ImageFolder(tmp_path / "empty")
-    (tree / "cat/test/dent/notes.txt").write_text("x")
-    with pytest.raises(DataError, match="notes.txt"): ImageFolder(tree / "cat/test/dent")
+    (tree / "cat/test/dent/notes.txt").write_text("x")  # scoring leaves a non-image file out and lists it (training refuses it)
+    f = ImageFolder(tree / "cat/test/dent")
+    assert [p.name for p in f.left_out] == ["notes.txt"] and all(p.suffix == ".png" for p in f.paths)
+    for p in list((tree / "cat/test/dent").glob("*.png")): p.unlink()
+    with pytest.raises(DataError, match="1 files without an image extension left out"): ImageFolder(tree / "cat/test/dent")
 
 
 def test_check_images(tree, tmp_path):

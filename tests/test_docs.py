@@ -113,6 +113,37 @@ def test_no_page_failed_to_build():
     assert not failed, f"these notebooks failed while the site was built: {failed}; fix them and {REBUILD}"
 
 
+class _Links(HTMLParser):
+    "Every href of a page, and the pager's previous/next links."
+    def __init__(self, text):
+        super().__init__(); self.hrefs, self.pager = [], {}
+        self.feed(text)
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "a" and a.get("href"):
+            self.hrefs.append(a["href"])
+            if a.get("rel") in ("prev", "next"): self.pager[a["rel"]] = a["href"]
+
+
+def test_internal_links_resolve_and_pages_link_previous_and_next():
+    "Every link between pages lands on an existing page and, with a #fragment, on an existing anchor; each page links its neighbours in reading order."
+    order = [p["page"] for p in manifest()["pages"]]
+    broken = []
+    for i, page in enumerate(order):
+        links = _Links((DOCS / page).read_text(encoding="utf-8"))
+        for href in links.hrefs:
+            if re.match(r"^[a-z]+:", href) or href.startswith("data:"): continue
+            target, _, frag = href.partition("#")
+            dest = (DOCS / page).parent / target if target else DOCS / page
+            if not dest.resolve().exists(): broken.append(f"{page}: {href} (no such page)"); continue
+            if frag and dest.suffix == ".html" and frag not in read_page(dest.resolve().relative_to(DOCS.resolve()).as_posix()).ids:
+                broken.append(f"{page}: {href} (no such anchor)")
+        want = {"prev": order[i - 1] if i else None, "next": order[i + 1] if i + 1 < len(order) else None}
+        got = {k: links.pager.get(k) for k in want}
+        if got != want: broken.append(f"{page}: pager links {got}, expected {want}")
+    assert not broken, "\n".join(broken[:20])
+
+
 def _public_names(py: Path) -> set:
     "The names in a module's `__all__` (None when it has none)."
     for node in ast.parse(py.read_text(encoding="utf-8")).body:

@@ -11,7 +11,9 @@ from PIL import Image
 
 from msflow.cli import main
 from msflow.demo_data import make_demo_dataset
-from msflow.engine import fit, load, load_checkpoint, partial_folder
+from msflow.engine import fit, load
+from msflow.runs import partial_folder
+from msflow.train import load_checkpoint
 
 torch.set_num_threads(1)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}

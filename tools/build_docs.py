@@ -524,6 +524,7 @@ PAGE = """<!DOCTYPE html>
 <article class="notebook">
 {body}
 </article>
+{pager}
 <footer class="page-footer">{footer}</footer>
 </main>
 <aside class="toc" aria-label="On this page">
@@ -548,6 +549,17 @@ def _nav_html(entries: list[dict], current: str) -> str:
         out.append(f'<li><a href="{up}{e["page"]}"{cls}>{html.escape(e["nav_title"])}</a></li>')
     if group is not None or entries: out.append("</ul>")
     return "\n".join(out)
+
+
+def _pager_html(entries: list[dict], current: str) -> str:
+    "Previous / next links, in the sidebar's reading order."
+    up = "../" * current.count("/")
+    i = next(k for k, e in enumerate(entries) if e["page"] == current)
+    link = lambda e, rel, label: (f'<a class="pager-{rel}" rel="{rel}" href="{up}{e["page"]}">'
+                                  f'<span class="pager-label">{label}</span>{html.escape(e["nav_title"])}</a>')
+    prev = link(entries[i - 1], "prev", "← Previous") if i > 0 else "<span></span>"
+    nxt = link(entries[i + 1], "next", "Next →") if i + 1 < len(entries) else "<span></span>"
+    return f'<nav class="pager" aria-label="Previous and next page">{prev}{nxt}</nav>'
 
 
 def _toc_html(toc: list) -> str:
@@ -656,7 +668,7 @@ def build(out: Path = DOCS, execute: bool = True, jobs: int | None = None, only:
             doc = PAGE.format(title_text=html.escape(e["title"]), site=html.escape(SITE_NAME), up=up,
                               description_attr=html.escape(e["description"], quote=True), version=html.escape(version),
                               nav=_nav_html(entries, e["page"]), title=html.escape(e["title"]), subtitle=sub,
-                              body=body, footer=footer, toc=_toc_html(toc))
+                              body=body, footer=footer, toc=_toc_html(toc), pager=_pager_html(entries, e["page"]))
             dest = tmp / e["page"]
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_text(doc, encoding="utf-8")
@@ -692,6 +704,10 @@ body { margin: 0; color: var(--fg); background: var(--bg);
 a { color: var(--accent); text-decoration: none; }
 a:hover { text-decoration: underline; }
 .layout { display: grid; grid-template-columns: 250px minmax(0, 1fr) 220px; min-height: 100vh; }
+.pager { display: flex; justify-content: space-between; gap: 1rem; margin: 2.5rem 0 1rem; border-top: 1px solid var(--border); padding-top: 1rem; }
+.pager a { display: flex; flex-direction: column; text-decoration: none; max-width: 48%; }
+.pager a.pager-next { text-align: right; margin-left: auto; }
+.pager-label { font-size: .8rem; color: var(--muted, #666); }
 .sidebar { background: var(--side); border-right: 1px solid var(--border); padding: 1.25rem 1rem;
   position: sticky; top: 0; height: 100vh; overflow-y: auto; font-size: .92rem; }
 .brand { display: block; font-size: 1.35rem; font-weight: 700; color: var(--fg); }
