@@ -102,7 +102,7 @@ def score_maps(logps: Sequence[torch.Tensor], # per-scale log-likelihoods, (B, H
                add: bool = True, # also build the add map (thresholds need only the score and the raw map)
               ) -> dict: # score, raw_score (B,); mul, raw, add (B, H, W); at least float32
     "Everything scoring needs from one batch: the official image score (top-k mean of the mul map), the graded `raw_score` (top-k mean of the raw map), and the mul, raw and add maps."
-    logps = [l.float() for l in logps]  # maps and scores in float32 even when the flows ran in bf16
+    logps = [l.float() if l.dtype in (torch.float16, torch.bfloat16) else l for l in logps]  # at least float32, even after bf16 flows
     lam = summed_log_likelihood(logps, size)  # Λ once, shared by the mul and the raw map
     m, raw = _mul_from(lam), -lam
     out = dict(score=image_score(m, top_k), raw_score=image_score(raw, top_k), mul=m, raw=raw)
