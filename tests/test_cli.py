@@ -141,3 +141,20 @@ def test_predict_on_a_folder_as_it_comes_off_a_line(run, data, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "b" / "scores.csv")))
     assert [Path(r["path"]).name for r in rows] == ["0.png", "1.png", "2.png"]
     assert all(float(r["raw_score"]) > 0 for r in rows)  # the graded score: nats, positive
+
+
+def test_train_several_categories_writes_a_summary(tmp_path):
+    "`--category A B` trains each into OUT/A, OUT/B and summarises them; a category that fails is reported and the exit status is 1."
+    root = make_demo_dataset(tmp_path / "d", categories=["grass", "brick"], n_train=8, n_test=4, size=64, seed=2)
+    (root / "gravel" / "train" / "good").mkdir(parents=True)  # a category with no training image
+    r = msflow("train", "--data-root", root, "--category", "grass", "brick", "gravel", "--out", tmp_path / "runs", "--quiet",
+               *TINY, "--epochs", "1", check=False)
+    assert r.returncode == 1, r.stderr
+    s = json.loads((tmp_path / "runs" / "summary.json").read_text())
+    assert sorted(s["categories"]) == ["brick", "grass"] and list(s["failed"]) == ["gravel"]
+    for c in ("brick", "grass"):
+        m = json.loads((tmp_path / "runs" / c / "metrics.json").read_text())
+        assert s["categories"][c]["image_auroc"] == m["image_auroc"]
+    assert abs(s["mean"]["image_auroc"] - (s["categories"]["brick"]["image_auroc"] + s["categories"]["grass"]["image_auroc"]) / 2) < 1e-12
+    assert (tmp_path / "runs" / "summary.md").is_file() and (tmp_path / "runs" / "summary.png").is_file()
+    assert "gravel" in r.stderr
