@@ -662,7 +662,7 @@ def missing_category_hint(root: str | Path,  # the data root the category was lo
                     f"then use --data-root {shlex.quote(str(root / d.name))}")
     return ""
 
-# %% ../nbs/13_download.ipynb #bf0f4cdd
+# %% ../nbs/13_download.ipynb #04a59736
 def find_category(category: str,  # a category folder name, e.g. "magnetic_tile" or "bottle"
                   root: str | Path | None = None,  # where to look (default: `data_home()`)
                  ) -> Path | None:  # the data root to pass as `--data-root`, or None if the category is nowhere

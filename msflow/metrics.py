@@ -296,7 +296,7 @@ def aupro_paper(masks,  # (N, H, W) defect masks, bool or 0/1 (array or tensor)
     x = (x - x.min()) / (x.max() - x.min())
     return float(_sk_auc(x, pro[keep]))
 
-# %% ../nbs/12_metrics.ipynb #0c792956
+# %% ../nbs/12_metrics.ipynb #d94512ee
 def quantile_threshold(normal_scores, # scores (or map values) of normal images, any shape
                        q: float = 0.99, # the quantile
                       ) -> float:
@@ -329,7 +329,7 @@ def f1_at(labels, # 0 normal / 1 anomalous
     tp = (y & p).sum(); d = p.sum() + y.sum()
     return float(2 * tp / d) if d else 0.0
 
-# %% ../nbs/12_metrics.ipynb #1cda4c0f
+# %% ../nbs/12_metrics.ipynb #69a68170
 @dataclass
 class Scores:
     "Everything the metrics and figures need from one pass over a dataset."

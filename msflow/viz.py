@@ -83,7 +83,7 @@ def pro_figure(fpr, pro, fpr_limit: float = 0.3, aupro: float | None = None, tit
     fig.tight_layout()
     return fig
 
-# %% ../nbs/15_viz.ipynb #bec0a774
+# %% ../nbs/15_viz.ipynb #53f866cd
 def write_figures(sc, # `msflow.metrics.Scores` of a scored dataset
                   folder: Path, # where roc.png, pro.png and heatmaps/ go
                   image_threshold: float = float("nan"), # marks images above it "(anomalous)"
@@ -116,7 +116,7 @@ def write_figures(sc, # `msflow.metrics.Scores` of a scored dataset
                              title=f"{Path(p).name}  score {sc.scores[i]:.3f}" + ("  (anomalous)" if sc.scores[i] > image_threshold else ""))
         fig.savefig(hm / f"{d}_{Path(p).stem}.png", dpi=90); plt.close(fig)
 
-# %% ../nbs/15_viz.ipynb #aa9b3365
+# %% ../nbs/15_viz.ipynb #0bf3a516
 def write_overlays(paths, # the scored image files
                    maps, # (N, h, w) mul maps at the model's input size, in [0, 1]
                    folder, # written: one NAME.png per image (NAME_.png, NAME__.png... for repeated names)
