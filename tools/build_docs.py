@@ -65,7 +65,7 @@ GROUPS = [
     ("Tutorials", lambda name: name.startswith("tutorial")),
     ("Model", lambda name: _number(name) is not None and _number(name) < 10),
     ("Data & metrics", lambda name: _number(name) is not None and 10 <= _number(name) < 20),
-    ("Training & CLI", lambda name: _number(name) is not None and 20 <= _number(name) < 40),
+    ("Engine, deployment & CLI", lambda name: _number(name) is not None and 20 <= _number(name) < 40),
     ("More", lambda name: True),
 ]
 TUTORIAL_ORDER = ["tutorial_quickstart", "tutorial_inside_msflow", "tutorial_your_data", "tutorial_paper"]  # reading order
@@ -489,6 +489,9 @@ def _postprocess(body: str, nb_rel: str, page: str, pages: dict, cfg) -> tuple[s
         target, sep, frag = href.partition("#")
         nb_target = os.path.normpath(os.path.join(os.path.dirname(nb_rel), target))
         if nb_target in pages: a["href"] = os.path.relpath(pages[nb_target], here or ".") + sep + frag
+    for a in soup.find_all("a", href=True):  # nbdev links every backticked indexed name, private ones too; those have no entry
+        target, _, frag = a["href"].partition("#")
+        if frag.startswith("_") and target.endswith(".html") and not re.match(r"^[a-zA-Z][\w+.-]*:", target): a.unwrap()
     _render_math(soup)
     for img in soup.find_all("img"): img.attrs.setdefault("alt", "")
     toc = []
