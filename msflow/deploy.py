@@ -286,9 +286,7 @@ class OnnxDetector:
 def score_images(self: OnnxDetector, images, # uint8 (N, H, W, 3) RGB images at the input size
                 ) -> dict: # score, raw_score (N,); mul, raw, add (N, H, W); NumPy float32
     "Scores and maps of images already resized to the input size."
-    a = _check_uint8(images)
-    if a.shape[1:3] != self.input_size:
-        raise MSFlowError(f"images are {a.shape[1]}x{a.shape[2]} but this detector takes {self.input_size[0]}x{self.input_size[1]}: resize them first")
+    a = _check_uint8(images, self.input_size)
     n, out = self.batch or self.config.batch_size, []
     for i in range(0, len(a), n):
         chunk = a[i:i + n]; m = len(chunk)

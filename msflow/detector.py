@@ -130,19 +130,20 @@ def load(cls: Detector, path, # a run folder or its model.pt
     return cls(model.to(device).eval(), state["image_threshold"], state["pixel_threshold"], state.get("info", {}))
 
 # %% ../nbs/22_detector.ipynb #df15ea37
-def _check_uint8(images) -> np.ndarray:
+def _check_uint8(images, input_size) -> np.ndarray:
+    "`images` as a uint8 array (N, H, W, 3) at `input_size`, or a one-line error saying what is wrong."
     a = np.asarray(images)
     if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3:
         raise MSFlowError(f"images must be a uint8 array (N, H, W, 3), got {a.dtype} {a.shape}")
+    if a.shape[1:3] != tuple(input_size):
+        raise MSFlowError(f"images are {a.shape[1]}x{a.shape[2]} but this detector takes {input_size[0]}x{input_size[1]}: resize them first")
     return a
 
 @patch
 def score_images(self: Detector, images, # uint8 (N, H, W, 3) RGB images at the input size
                 ) -> dict: # score, raw_score (N,); mul, add, raw (N, H, W); NumPy float32
     "Scores and maps of images already resized to the input size."
-    a = _check_uint8(images)
-    if a.shape[1:3] != self.input_size:
-        raise MSFlowError(f"images are {a.shape[1]}x{a.shape[2]} but this detector takes {self.input_size[0]}x{self.input_size[1]}: resize them first")
+    a = _check_uint8(images, self.input_size)
     cfg, device = self.config, get_device(self.config.device)
     out = []
     for i in range(0, len(a), cfg.batch_size):
