@@ -5,7 +5,8 @@
     python bench/quality.py --data-root ../shared/data --category magnetic_tile --from-run /tmp/runs/mtd_lite256_e30
 
 Variants: `base` (the preset), `no_fusion` (fusion=False), `equal_depths` (parallel_blocks=(5,5,5)).
-For every run the test split is scored once and both maps are evaluated with every metric:
+For every run the test split is scored once and every map (add, mul, and the raw map −Λ that is not
+normalised per image) is evaluated with every metric:
 image AUROC (top-k mean of the map), pixel AUROC, AU-PRO (MVTec definition, FPR <= 0.3) and the
 paper-style 800-threshold PRO. The official pairing is image/PRO on mul, pixel AUROC on add.
 Results are appended run by run to bench/results/quality_<dataset>_<category>.json (existing runs
@@ -39,9 +40,9 @@ VARIANTS = {"base": {}, "no_fusion": dict(fusion=False), "equal_depths": dict(pa
 
 
 def both_maps_metrics(sc, top_k: float) -> dict:
-    "Every metric on the add map and on the mul map of one scored test split."
+    "Every metric on the add, mul and raw maps of one scored test split (raw: −Λ, not normalised per image, comparable across images)."
     out = {}
-    for name, maps in (("add", sc.add), ("mul", sc.mul)):
+    for name, maps in (("add", sc.add), ("mul", sc.mul), ("raw", sc.raw)):
         s = image_score(torch.from_numpy(maps), top_k).numpy()
         out[name] = dict(image_auroc=image_auroc(sc.labels, s), pixel_auroc=pixel_auroc(sc.masks, maps),
                          aupro=aupro(sc.masks, maps), aupro_paper=aupro_paper(sc.masks, maps))
@@ -63,7 +64,7 @@ def summarise(runs: list[dict]) -> list[dict]:
     rows = []
     for v, e in dict.fromkeys((r["variant"], r["epochs"]) for r in runs):
         rs = [r for r in runs if r["variant"] == v and r["epochs"] == e]
-        for m in ("official", "add", "mul"):
+        for m in [m for m in ("official", "add", "mul", "raw") if all(m in r["metrics"] for r in rs)]:
             row = dict(variant=v, epochs=e, maps=m, seeds=len(rs))
             for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_paper"):
                 xs = [r["metrics"][m][k] for r in rs if r["metrics"][m][k] is not None]
