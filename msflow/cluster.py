@@ -20,9 +20,10 @@ import torch
 from PIL import Image
 
 from . import engine
-from .core import MSFlowConfig, MSFlowError, _size2, get_config
-from .data import DataError, ImageFolder, bad_files_message, list_categories, read_image
+from .core import MSFlowConfig, MSFlowError, get_config
+from .data import DataError, ImageFolder, bad_files_message, list_categories, read_image, resize_image
 from .runs import _pct, write_json
+from .viz import overlay_names
 
 # %% auto #0
 __all__ = ['CLUSTERS', 'TIMING_KEYS', 'SUMMARY_COLUMNS', 'check_cluster', 'ray_session', 'train_category', 'summarize',
@@ -268,21 +269,9 @@ def image_to_uint8(im: Image.Image, # an RGB image
                    input_size=None, # (height, width) or int to resize to (Lanczos); None keeps the size
                   ) -> np.ndarray: # uint8 (H, W, 3)
     "An RGB image resized exactly as `msflow.data.image_to_tensor` resizes it, kept as uint8 (for `Detector.score_images`)."
-    if input_size is not None:
-        h, w = _size2(input_size)
-        if im.size != (w, h): im = im.resize((w, h), Image.LANCZOS)
-    return np.array(im, dtype=np.uint8)
+    return np.array(resize_image(im, input_size), dtype=np.uint8)
 
 # %% ../nbs/25_cluster.ipynb #11f09aaf
-def _overlay_names(paths) -> list[str]:
-    "The heatmap file names `msflow.viz.write_overlays` gives these paths (NAME.png, NAME_.png... for repeated names)."
-    names, out = set(), []
-    for p in paths:
-        n = Path(p).stem
-        while n in names: n += "_"
-        names.add(n); out.append(n + ".png")
-    return out
-
 def _decode_batch(row: dict, input_size) -> dict:
     "Ray Data map: read and resize one batch of images; unreadable ones are reported, not raised."
     paths, ims, bad = json.loads(row["paths"]), [], []
@@ -384,7 +373,7 @@ def predict_cluster(run, # a run folder or its model.pt (every worker must be ab
     full = [os.path.abspath(p) for p in files]  # what the workers open
     bs = int(batch_size or det.config.batch_size)
     if bs < 1: raise MSFlowError(f"batch_size must be at least 1, got {batch_size}")
-    names = _overlay_names(files)
+    names = overlay_names(files)
     batches = [(full[i:i + bs], names[i:i + bs]) for i in range(0, len(files), bs)]
     plan = _plan(run, det.input_size, bs)
     part = out / ".partial"

@@ -21,8 +21,8 @@ from .core import MSFlowError, _size2
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'DataError', 'DataWarning', 'BadImagesError', 'is_image_file', 'read_image', 'read_mask',
-           'image_to_tensor', 'mask_to_tensor', 'list_images', 'bad_files_message', 'find_bad_images', 'check_images',
-           'Sample', 'list_categories', 'scan_category', 'split_train_val', 'MVTecDataset', 'collate',
+           'resize_image', 'image_to_tensor', 'mask_to_tensor', 'list_images', 'bad_files_message', 'find_bad_images',
+           'check_images', 'Sample', 'list_categories', 'scan_category', 'split_train_val', 'MVTecDataset', 'collate',
            'describe_dataset', 'ImageFolder']
 
 # %% ../nbs/10_data.ipynb #4f1b69b9
@@ -114,14 +114,20 @@ def read_mask(path: str | Path,  # a mask file in any format Pillow reads
     return (a > 0).any(-1)
 
 # %% ../nbs/10_data.ipynb #510f8b48
-def image_to_tensor(im: Image.Image,  # an RGB image
-                    input_size=None,  # (height, width) or int to resize to (Lanczos); None keeps the size
-                   ) -> torch.Tensor:  # float (3, H, W) in [0, 1]
-    "An RGB image as a float tensor in [0, 1], resized with Lanczos like the official code."
+def resize_image(im: Image.Image,  # an RGB image
+                 input_size=None,  # (height, width) or int to resize to (Lanczos); None keeps the size
+                ) -> Image.Image:
+    "The image at the input size, resized with Lanczos like the official code (every scoring path resizes here)."
     if input_size is not None:
         h, w = _size2(input_size)
         if im.size != (w, h): im = im.resize((w, h), Image.LANCZOS)
-    a = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    return im
+
+def image_to_tensor(im: Image.Image,  # an RGB image
+                    input_size=None,  # (height, width) or int to resize to (Lanczos); None keeps the size
+                   ) -> torch.Tensor:  # float (3, H, W) in [0, 1]
+    "An RGB image as a float tensor in [0, 1], resized with `resize_image`."
+    a = np.asarray(resize_image(im, input_size), dtype=np.uint8).transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / np.float32(255))
 
 def mask_to_tensor(mask: np.ndarray,  # bool (h, w)

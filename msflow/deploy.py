@@ -21,14 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 from fastcore.basics import patch
-from tqdm.auto import tqdm
 
 from .anomaly_map import score_maps
 from .core import MSFlowConfig, MSFlowError
-from .data import ImageFolder, collate
-from .detector import Detector, _check_uint8, load_detector
+from .data import ImageFolder
+from .detector import Detector, _check_uint8, load_detector, score_batches
 from .metrics import Scores
 from .model import MSFlow
 
@@ -321,24 +319,10 @@ def score_data(self: OnnxDetector, dataset, # items are dicts with an `image` te
                progress: bool = True, # show a progress bar (on a terminal)
                desc: str = "score", # the progress bar's label
               ) -> Scores:
-    "Scores and maps of a dataset, as `msflow.detector.score_dataset` collects them."
-    cfg = self.config
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, collate_fn=collate)
-    keys = ("score", "raw_score", "add", "mul", "raw")
-    out = {k: [] for k in keys}
-    labels, masks, paths, defects = [], [], [], []
-    t0 = time.perf_counter()
-    for b in tqdm(loader, desc=desc, disable=not progress or None, leave=False):
-        u8 = (b["image"] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # exact: the images are k/255
-        maps = self.score_images(u8)
-        for k in keys: out[k].append(maps[k])
-        paths += list(b["path"])
-        if "label" in b:
-            labels.append(b["label"].numpy()); masks.append((b["mask"][:, 0] > 0.5).numpy()); defects += list(b["defect"])
-    secs = time.perf_counter() - t0
-    cat = lambda xs: np.concatenate(xs) if xs else None
-    return Scores(scores=cat(out["score"]), raw_score=cat(out["raw_score"]), add=cat(out["add"]), mul=cat(out["mul"]),
-                  raw=cat(out["raw"]), labels=cat(labels), masks=cat(masks), paths=paths, defects=defects, seconds=secs)
+    "Scores and maps of a dataset, collected by `msflow.detector.score_batches` as for the PyTorch detector."
+    u8 = lambda x: (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()  # exact: the images are k/255
+    return score_batches(dataset, lambda images: self.score_images(u8(images)), self.config.batch_size, self.config.num_workers,
+                         progress, desc)
 
 @patch
 def image_folder(self: OnnxDetector, paths, # image files or folders (searched recursively)

@@ -25,9 +25,30 @@ from .runs import atomic_save, partial_folder
 from .train import CHECKPOINT_FORMAT, FeatureCache, amp_context, compiled, train_flows
 
 # %% auto #0
-__all__ = ['FORMAT', 'FORMAT_VERSION', 'RUNTIME_OPTIONS', 'score_dataset', 'Detector', 'load_detector']
+__all__ = ['FORMAT', 'FORMAT_VERSION', 'RUNTIME_OPTIONS', 'score_batches', 'score_dataset', 'Detector', 'load_detector']
 
 # %% ../nbs/22_detector.ipynb #4aa85099
+def score_batches(dataset, # items are dicts with an `image` tensor (and `label`, `mask`, `defect` for a test split)
+                  score, # called with each batch's (B, 3, H, W) image tensor; returns score, raw_score, mul, raw, add
+                  batch_size: int = 8, num_workers: int = 0,
+                  progress: bool = True, desc: str = "score") -> Scores:
+    "Run `score` over `dataset` in batches and collect a `Scores` (the loop every backend shares)."
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
+    keys = ("score", "raw_score", "add", "mul", "raw")
+    out = {k: [] for k in keys}
+    labels, masks, paths, defects = [], [], [], []
+    t0 = time.perf_counter()
+    for b in tqdm(loader, desc=desc, disable=not progress or None, leave=False):
+        maps = score(b["image"])
+        for k in keys: out[k].append(np.asarray(maps[k]))
+        paths += list(b["path"])
+        if "label" in b:
+            labels.append(b["label"].numpy()); masks.append((b["mask"][:, 0] > 0.5).numpy()); defects += list(b["defect"])
+    secs = time.perf_counter() - t0
+    cat = lambda xs: np.concatenate(xs) if xs else None
+    return Scores(scores=cat(out["score"]), raw_score=cat(out["raw_score"]), add=cat(out["add"]), mul=cat(out["mul"]),
+                  raw=cat(out["raw"]), labels=cat(labels), masks=cat(masks), paths=paths, defects=defects, seconds=secs)
+
 @torch.no_grad()
 def score_dataset(model: MSFlow, # a trained model
                   dataset, # items are dicts with an `image` tensor (and `label`, `mask`, `defect` for a test split)
@@ -36,25 +57,13 @@ def score_dataset(model: MSFlow, # a trained model
     "Run `model` over every item of `dataset` and collect scores and maps (float32, on the CPU)."
     device = get_device(cfg.device)
     model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers, collate_fn=collate)
-    keys = ("score", "raw_score", "add", "mul", "raw")
-    out = {k: [] for k in keys}
-    labels, masks, paths, defects = [], [], [], []
     loglik = compiled(model.log_likelihoods, cfg, device)
-    t0 = time.perf_counter()
-    for b in tqdm(loader, desc=desc, disable=not progress or None, leave=False):
-        imgs = b["image"].to(device)
+    def score(images):
+        images = images.to(device)
         with amp_context(device, cfg.amp):
-            logps = loglik(imgs)
-        maps = score_maps(logps, imgs.shape[-2:], cfg.top_k)
-        for k in keys: out[k].append(maps[k].cpu())
-        paths += list(b["path"])
-        if "label" in b:
-            labels.append(b["label"]); masks.append(b["mask"][:, 0] > 0.5); defects += list(b["defect"])
-    secs = time.perf_counter() - t0
-    cat = lambda xs: torch.cat(xs).numpy() if xs else None
-    return Scores(scores=cat(out["score"]), raw_score=cat(out["raw_score"]), add=cat(out["add"]), mul=cat(out["mul"]),
-                  raw=cat(out["raw"]), labels=cat(labels), masks=cat(masks), paths=paths, defects=defects, seconds=secs)
+            logps = loglik(images)
+        return {k: v.cpu().numpy() for k, v in score_maps(logps, images.shape[-2:], cfg.top_k).items()}
+    return score_batches(dataset, score, cfg.batch_size, cfg.num_workers, progress, desc)
 
 # %% ../nbs/22_detector.ipynb #cdef14c2
 FORMAT, FORMAT_VERSION = "msflow-model", 1

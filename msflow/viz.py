@@ -12,7 +12,7 @@ import numpy as np
 import math
 
 # %% auto #0
-__all__ = ['overlay', 'heatmap_figure', 'roc_figure', 'pro_figure', 'write_figures', 'write_overlays']
+__all__ = ['overlay', 'heatmap_figure', 'roc_figure', 'pro_figure', 'write_figures', 'overlay_names', 'write_overlays']
 
 # %% ../nbs/15_viz.ipynb #e3e82ee3
 def _to_hwc(image) -> np.ndarray:
@@ -117,6 +117,16 @@ def write_figures(sc, # `msflow.metrics.Scores` of a scored dataset
         fig.savefig(hm / f"{d}_{Path(p).stem}.png", dpi=90); plt.close(fig)
 
 # %% ../nbs/15_viz.ipynb #0bf3a516
+def overlay_names(paths, # image files
+                 ) -> list[str]: # one file name per path: NAME.png, then NAME_.png, NAME__.png... for repeated names
+    "The overlay file name of each image, unique within one folder."
+    names, out = set(), []
+    for p in paths:
+        n = Path(p).stem
+        while n in names: n += "_"
+        names.add(n); out.append(f"{n}.png")
+    return out
+
 def write_overlays(paths, # the scored image files
                    maps, # (N, h, w) mul maps at the model's input size, in [0, 1]
                    folder, # written: one NAME.png per image (NAME_.png, NAME__.png... for repeated names)
@@ -126,14 +136,11 @@ def write_overlays(paths, # the scored image files
     from PIL import Image
     from msflow.data import read_image
     folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    names, out = set(), []
-    for p, m in zip(paths, maps):
+    out = []
+    for p, m, name in zip(paths, maps, overlay_names(paths)):
         img = np.asarray(read_image(p), dtype=np.float32) / 255
         m = torch.nn.functional.interpolate(torch.as_tensor(np.asarray(m, np.float32))[None, None], size=img.shape[:2],
                                             mode="bilinear", align_corners=True)[0, 0].numpy()
-        name = Path(p).stem
-        while name in names: name += "_"
-        names.add(name)
-        Image.fromarray((overlay(img, m, vmin=0.0, vmax=1.0) * 255).round().astype(np.uint8)).save(folder / f"{name}.png")
-        out.append(folder / f"{name}.png")
+        Image.fromarray((overlay(img, m, vmin=0.0, vmax=1.0) * 255).round().astype(np.uint8)).save(folder / name)
+        out.append(folder / name)
     return out
