@@ -4,7 +4,11 @@
     python bench/quality.py --data-root ../shared/data --category magnetic_tile --epochs 30 --seeds 9826 1 2
     python bench/quality.py --data-root ../shared/data --category magnetic_tile --from-run /tmp/runs/mtd_lite256_e30
 
-Variants: `base` (the preset), `no_fusion` (fusion=False), `equal_depths` (parallel_blocks=(5,5,5)).
+    python bench/quality.py --strips --category brick --epochs 30 --variants base keep_aspect
+
+Variants: `base` (the preset), `no_fusion` (fusion=False), `equal_depths` (parallel_blocks=(5,5,5)),
+`keep_aspect` (aspect="keep": the training images' aspect ratio at the same pixel budget).
+`--strips` uses the demo categories cut into 160 x 400 strips (make_demo_dataset(size=400, height=160)).
 For every run the test split is scored once and every map (add, mul, and the raw map −Λ that is not
 normalised per image) is evaluated with every metric:
 image AUROC (top-k mean of the map), pixel AUROC, AU-PRO (MVTec definition, FPR <= 0.3) and the
@@ -36,7 +40,8 @@ from msflow.detector import score_dataset
 from msflow.engine import fit, load
 from msflow.metrics import aupro, aupro_paper, image_auroc, pixel_auroc
 
-VARIANTS = {"base": {}, "no_fusion": dict(fusion=False), "equal_depths": dict(parallel_blocks=(5, 5, 5))}
+VARIANTS = {"base": {}, "no_fusion": dict(fusion=False), "equal_depths": dict(parallel_blocks=(5, 5, 5)),
+            "keep_aspect": dict(aspect="keep")}
 
 
 def both_maps_metrics(sc, top_k: float) -> dict:
@@ -77,6 +82,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=None)
     p.add_argument("--demo", action="store_true", help="generate msflow's demo data (60 train / 30 test images per category)")
+    p.add_argument("--strips", action="store_true", help="the demo category cut into 160 x 400 strips (60 train / 30 test images)")
     p.add_argument("--category", default="magnetic_tile")
     p.add_argument("--preset", default="lite")
     p.add_argument("--epochs", type=int, default=30)
@@ -94,10 +100,14 @@ def main(argv=None):
         from msflow.demo_data import make_demo_dataset
         root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-demo", categories=[a.category])
         dataset = "demo"
+    elif a.strips:  # the demo category as 160 x 400 strips (parts wider than high)
+        from msflow.demo_data import make_demo_dataset
+        root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-strips", categories=[a.category], size=400, height=160)
+        dataset = "strips"
     else:
         if not a.data_root: p.error("give --data-root or --demo")
         root, dataset = Path(a.data_root), "mvtec"
-    name = a.name or f"quality_{'demo' if a.demo else 'data'}_{a.category}"
+    name = a.name or f"quality_{'demo' if a.demo else 'strips' if a.strips else 'data'}_{a.category}"
     path = RESULTS / f"{name}.json"
     res = json.loads(path.read_text()) if path.exists() else dict(bench="quality", dataset=dataset, category=a.category, runs=[])
     device = get_device(a.device)
@@ -131,9 +141,9 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 det, m = fit(root, a.category, None, cfg, progress=False, evaluate_test=False, log=lambda *_: None)
                 train_s = time.perf_counter() - t0
-                test = MVTecDataset(root, a.category, "test", cfg.input_size)
-                sc = score_dataset(det.model, test, cfg, progress=False)
-                record(dict(variant=v, seed=seed, epochs=a.epochs, config=cfg.to_dict(), train_seconds=train_s,
+                test = MVTecDataset(root, a.category, "test", det.input_size)  # the shape fit chose (aspect="keep")
+                sc = score_dataset(det.model, test, det.config, progress=False)
+                record(dict(variant=v, seed=seed, epochs=a.epochs, config=det.config.to_dict(), train_seconds=train_s,
                             test_images_per_second=len(test) / sc.seconds, metrics=both_maps_metrics(sc, cfg.top_k)))
     print()
     print(table(summarise(res["runs"]), ["variant", "epochs", "maps", "seeds", "image_auroc", "pixel_auroc", "aupro", "aupro_paper"]))

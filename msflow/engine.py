@@ -19,7 +19,7 @@ import torch
 
 from .core import MSFlowConfig, MSFlowError, autocast_dtype, get_config, get_device, seed_everything
 from .anomaly_map import score_maps
-from .data import DataError, DataWarning, MVTecDataset, bad_files_message
+from .data import DataError, DataWarning, MVTecDataset, bad_files_message, keep_aspect_size
 from .metrics import Scores, compute_metrics, quantile_threshold
 from .model import MSFlow
 from .runs import RunWriter, partial_folder, results_table, write_json
@@ -76,6 +76,7 @@ def _results(metrics: dict, det, title: str) -> str:
 def _resume_config(saved: dict, requested: MSFlowConfig) -> MSFlowConfig:
     "The configuration to resume with: `requested`, if it agrees with the `saved` one outside `RESUME_MAY_CHANGE`."
     old = MSFlowConfig.from_dict(saved)
+    if requested.aspect == "keep" == old.aspect: requested = requested.replace(input_size=old.input_size)  # the shape the run chose
     diff = [f.name for f in dataclasses.fields(old) if f.name not in RESUME_MAY_CHANGE and getattr(old, f.name) != getattr(requested, f.name)]
     if diff:
         was = ", ".join(f"{k}={getattr(old, k)!r}" for k in diff); now = ", ".join(f"{k}={getattr(requested, k)!r}" for k in diff)
@@ -126,6 +127,9 @@ def fit(data_root, # folder holding the category folders (MVTec AD layout)
     autocast_dtype(cfg.amp, device)  # fp16 on a CPU: an error now, not after the feature cache
     # decode every file of train/good once, collecting all the unusable ones, so one error can name them all
     train_ds = _open_category(data_root, category, cfg, skip_bad=True)
+    if cfg.aspect == "keep" and state is None:  # the input shape of the training images (a resumed run keeps its own)
+        cfg = cfg.replace(input_size=keep_aspect_size(train_ds.paths, cfg.input_size))
+        train_ds = train_ds.resized(cfg.input_size)
     val_ds = train_ds.held_out() if cfg.val_fraction > 0 else None
     if train_ds.skipped and not skip_bad:
         n = len(train_ds.skipped)

@@ -57,7 +57,7 @@ def extra_repr(self: MSFlow) -> str:
 
 # %% ../nbs/05_model.ipynb #1e565e79
 @patch(cls_method=True)
-def from_preset(cls: MSFlow, name: str = "lite",  # "paper" or "lite"
+def from_preset(cls: MSFlow, name: str = "lite",  # "paper", "lite" or "accurate" (see `PRESETS`)
                 pretrained: bool | None = None,  # False: random backbone weights; None/True: the preset's weights
                 **overrides) -> "MSFlow":  # any `MSFlowConfig` field
     "Build the model of a preset, with any configuration field overridden."

@@ -160,3 +160,17 @@ def test_train_several_categories_writes_a_summary(tmp_path):
     assert abs(s["mean"]["image_auroc"] - (s["categories"]["brick"]["image_auroc"] + s["categories"]["grass"]["image_auroc"]) / 2) < 1e-12
     assert (tmp_path / "runs" / "summary.md").is_file() and (tmp_path / "runs" / "summary.png").is_file()
     assert "gravel" in r.stderr
+
+
+def test_accurate_preset_keeps_the_training_images_shape(tmp_path):
+    root = make_demo_dataset(tmp_path / "data", categories=["grass"], n_train=8, n_test=6, size=128, height=48, seed=1)
+    out = tmp_path / "wide"
+    msflow("train", "--data-root", root, "--category", "grass", "--out", out, "--quiet", "--preset", "accurate", *TINY)
+    cfg = json.loads((out / "config.json").read_text())
+    # strips of 48 x 128 (h/w 0.375) at a budget of 64 x 64 pixels: sqrt(4096 * 0.375) = 39 -> 64 (two strides at least),
+    # sqrt(4096 / 0.375) = 105 -> 96
+    assert (cfg["aspect"], cfg["input_size"]) == ("keep", [64, 96])
+    auroc_line = next(l for l in (out / "results.md").read_text().splitlines() if l.startswith("| Image AUROC"))
+    t = msflow("test", "--run", out, "--data-root", root, "--category", "grass", "--device", "cpu", "--quiet")  # ONNX Runtime on the CPU
+    assert auroc_line in t.stdout
+    assert (out / "model.onnx").is_file()

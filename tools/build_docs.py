@@ -68,7 +68,7 @@ GROUPS = [
     ("Engine, deployment & CLI", lambda name: _number(name) is not None and 20 <= _number(name) < 40),
     ("More", lambda name: True),
 ]
-TUTORIAL_ORDER = ["tutorial_quickstart", "tutorial_inside_msflow", "tutorial_your_data", "tutorial_paper"]  # reading order
+TUTORIAL_ORDER = ["tutorial_quickstart", "tutorial_inside_msflow", "tutorial_your_data", "tutorial_paper", "tutorial_accurate"]  # reading order
 DEFAULT_SKIP_FLAGS = ("notest", "slow", "gpu", "dataset")
 CELL_TIMEOUT_S = 900  # one cell running longer than this fails the notebook
 

@@ -1,0 +1,98 @@
+"""Ensembles of flow heads, measured before building them: several models trained alike but for the seed,
+their per-scale log-likelihoods averaged before the maps are made.
+
+    python bench/ensemble.py --strips --category brick --epochs 30 --seeds 9826 1 2 3 4 5 --members 2
+    python bench/ensemble.py --data-root ../shared/data --category magnetic_tile --epochs 30 --seeds 9826 1 2 3 4 5
+
+The seeds are trained one by one (last pass, 10 % of train/good held out for thresholds, as bench/quality.py);
+each single model is scored on the test split, and every group of `--members` consecutive seeds is scored
+as one ensemble: mean over members of each scale's log-likelihood map, then `score_maps` as for one model.
+Written to bench/results/ensemble_<dataset>_<category>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from common import environment, table, write_result
+from quality import both_maps_metrics, _clean
+from msflow.anomaly_map import score_maps
+from msflow.core import get_config, get_device
+from msflow.data import MVTecDataset
+from msflow.engine import fit
+
+
+def test_loglik(det, root, category, batch_size=8):
+    "Per-scale log-likelihood maps of every test image (lists of (N, h, w)), with labels and masks."
+    ds = MVTecDataset(root, category, "test", det.input_size)
+    logps, labels, masks = [], [], []
+    for b in DataLoader(ds, batch_size=batch_size):
+        logps.append([l.float() for l in det.model.eval().log_likelihoods(b["image"])])
+        labels.append(b["label"].numpy()); masks.append(b["mask"][:, 0].numpy() > 0)
+    return [torch.cat(s) for s in zip(*logps)], np.concatenate(labels), np.concatenate(masks)
+
+
+def scores_of(logps, size, top_k, labels, masks):
+    out = score_maps(logps, size, top_k)
+    return SimpleNamespace(labels=labels, masks=masks, add=out["add"].numpy(), mul=out["mul"].numpy(), raw=out["raw"].numpy())
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root"); p.add_argument("--demo", action="store_true"); p.add_argument("--strips", action="store_true")
+    p.add_argument("--category", default="magnetic_tile"); p.add_argument("--preset", default="lite")
+    p.add_argument("--epochs", type=int, default=30); p.add_argument("--seeds", type=int, nargs="+", default=[9826, 1, 2, 3, 4, 5])
+    p.add_argument("--members", type=int, default=2); p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default=None)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from msflow.demo_data import make_demo_dataset
+    if a.demo: root, dataset = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-demo", categories=[a.category]), "demo"
+    elif a.strips: root, dataset = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-strips", categories=[a.category], size=400, height=160), "strips"
+    else: root, dataset = Path(a.data_root), "data"
+    name = a.name or f"ensemble_{dataset}_{a.category}_{a.preset}"
+    res = dict(bench="ensemble", dataset=dataset, category=a.category, preset=a.preset, epochs=a.epochs, members=a.members,
+               env=environment(get_device("cpu")), singles=[], ensembles=[])
+    keep = {}
+    for seed in a.seeds:
+        cfg = get_config(a.preset, epochs=a.epochs, seed=seed, val_fraction=0.1, device="cpu")
+        t0 = time.perf_counter()
+        det, _ = fit(root, a.category, None, cfg, progress=False, evaluate_test=False, log=lambda *_: None)
+        train_s = time.perf_counter() - t0
+        logps, labels, masks = test_loglik(det, root, a.category)
+        keep[seed] = logps
+        m = both_maps_metrics(scores_of(logps, det.input_size, cfg.top_k, labels, masks), cfg.top_k)
+        res["singles"].append(dict(seed=seed, train_seconds=train_s, metrics=m))
+        print(f"seed {seed}: {', '.join(f'{k} {100 * v:.1f}' for k, v in m['official'].items() if v is not None)} ({train_s:.0f} s)", flush=True)
+        g = a.seeds[a.seeds.index(seed) // a.members * a.members:][:a.members]
+        if seed == g[-1] and len(g) == a.members:  # a full group: score the ensemble
+            mean = [torch.stack([keep[s][i] for s in g]).mean(0) for i in range(len(logps))]
+            m = both_maps_metrics(scores_of(mean, det.input_size, cfg.top_k, labels, masks), cfg.top_k)
+            res["ensembles"].append(dict(seeds=g, metrics=m))
+            print(f"ensemble {g}: {', '.join(f'{k} {100 * v:.1f}' for k, v in m['official'].items() if v is not None)}", flush=True)
+        write_result(name, _clean(res))
+    rows = []
+    for what, rs in (("single", res["singles"]), (f"ensemble of {a.members}", res["ensembles"])):
+        for mp in ("official", "raw"):
+            row = dict(model=what, maps=mp, n=len(rs))
+            for k in ("image_auroc", "pixel_auroc", "aupro"):
+                xs = [r["metrics"][mp][k] for r in rs if r["metrics"][mp][k] is not None]
+                row[k] = f"{100 * np.mean(xs):.1f} ± {100 * np.std(xs):.1f}"
+            rows.append(row)
+    print(table(rows, ["model", "maps", "n", "image_auroc", "pixel_auroc", "aupro"]))
+
+
+if __name__ == "__main__":
+    main()
