@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import torch
 
-from common import environment, median, table, write_result
+from common import environment, loadavg, median, table, write_result
 from msflow.core import get_config
 from msflow.model import MSFlow
 
@@ -76,6 +76,7 @@ def main(argv=None):
         out = subprocess.run([sys.executable, __file__, "--threads", str(a.threads), "--child", preset, str(root)], capture_output=True, text=True, check=True)
         res["fit"].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(table(res["fit"], ["preset", "input_size", "seconds", "peak_rss_mib"]))
+    res["env"]["loadavg_end"] = loadavg()
     print(write_result("accurate_cost_cpu", res))
 
 

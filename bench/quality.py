@@ -7,7 +7,8 @@
     python bench/quality.py --strips --category brick --epochs 30 --variants base keep_aspect
 
 Variants: `base` (the preset), `no_fusion` (fusion=False), `equal_depths` (parallel_blocks=(5,5,5)),
-`keep_aspect` (aspect="keep": the training images' aspect ratio at the same pixel budget).
+`keep_aspect` (aspect="keep": the training images' aspect ratio at the same pixel budget), `res320`
+(input_size 320² instead of 256²: 1.56 times the pixels) and `keep_aspect_320` (both).
 `--strips` uses the demo categories cut into 160 x 400 strips (make_demo_dataset(size=400, height=160)).
 For every run the test split is scored once and every map (add, mul, and the raw map −Λ that is not
 normalised per image) is evaluated with every metric:
@@ -41,7 +42,8 @@ from msflow.engine import fit, load
 from msflow.metrics import aupro, aupro_paper, image_auroc, pixel_auroc
 
 VARIANTS = {"base": {}, "no_fusion": dict(fusion=False), "equal_depths": dict(parallel_blocks=(5, 5, 5)),
-            "keep_aspect": dict(aspect="keep")}
+            "keep_aspect": dict(aspect="keep"), "res320": dict(input_size=(320, 320)),
+            "keep_aspect_320": dict(aspect="keep", input_size=(320, 320))}
 
 
 def both_maps_metrics(sc, top_k: float) -> dict:
