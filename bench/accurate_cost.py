@@ -64,11 +64,12 @@ def main(argv=None):
         for k in SHAPES:
             t0 = time.perf_counter(); infer(k); t[k]["infer"].append(time.perf_counter() - t0)
             t0 = time.perf_counter(); step(k); t[k]["step"].append(time.perf_counter() - t0)
-    base = SHAPES and next(iter(SHAPES))
+    rate = {k: {w: 8 / median(ts) for w, ts in t[k].items()} for k in SHAPES}  # images/s
+    lite = rate[next(iter(SHAPES))]
     for k, s in SHAPES.items():
-        inf, st = 8 / median(t[k]["infer"]), 8 / median(t[k]["step"])
-        res["rows"].append(dict(model=k, pixels=s[0] * s[1], infer_img_s=round(inf, 1), train_img_s=round(st, 1),
-                                infer_vs_lite=round(inf / (8 / median(t[base]["infer"])), 2), train_vs_lite=round(st / (8 / median(t[base]["step"])), 2)))
+        r = rate[k]
+        res["rows"].append(dict(model=k, pixels=s[0] * s[1], infer_img_s=round(r["infer"], 1), train_img_s=round(r["step"], 1),
+                                infer_vs_lite=round(r["infer"] / lite["infer"], 2), train_vs_lite=round(r["step"] / lite["step"], 2)))
     print(table(res["rows"], ["model", "pixels", "infer_img_s", "train_img_s", "infer_vs_lite", "train_vs_lite"]))
     from msflow.demo_data import make_demo_dataset
     root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-strips300", "brick", n_train=300, n_test=6, size=400, height=160)

@@ -17,36 +17,30 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from common import environment, table, write_result
 from quality import both_maps_metrics, _clean
 from msflow.anomaly_map import score_maps
 from msflow.core import get_config, get_device
 from msflow.data import MVTecDataset
+from msflow.detector import score_batches, score_dataset
 from msflow.engine import fit
 
 
-def test_loglik(det, root, category, batch_size=8):
-    "Per-scale log-likelihood maps of every test image (lists of (N, h, w)), with labels and masks."
-    ds = MVTecDataset(root, category, "test", det.input_size)
-    logps, labels, masks = [], [], []
-    for b in DataLoader(ds, batch_size=batch_size):
-        logps.append([l.float() for l in det.model.eval().log_likelihoods(b["image"])])
-        labels.append(b["label"].numpy()); masks.append(b["mask"][:, 0].numpy() > 0)
-    return [torch.cat(s) for s in zip(*logps)], np.concatenate(labels), np.concatenate(masks)
-
-
-def scores_of(logps, size, top_k, labels, masks):
-    out = score_maps(logps, size, top_k)
-    return SimpleNamespace(labels=labels, masks=masks, add=out["add"].numpy(), mul=out["mul"].numpy(), raw=out["raw"].numpy())
+def ensemble_score(models, top_k):
+    "A `score_batches` scorer for several models: the mean of their per-scale log-likelihoods, then `score_maps`."
+    @torch.no_grad()
+    def score(images):
+        per_model = [m.eval().log_likelihoods(images) for m in models]
+        logps = [torch.stack(ls).mean(0) for ls in zip(*per_model)]
+        return {k: v.numpy() for k, v in score_maps(logps, images.shape[-2:], top_k).items()}
+    return score
 
 
 def main(argv=None):
@@ -65,21 +59,21 @@ def main(argv=None):
     name = a.name or f"ensemble_{dataset}_{a.category}_{a.preset}"
     res = dict(bench="ensemble", dataset=dataset, category=a.category, preset=a.preset, epochs=a.epochs, members=a.members,
                env=environment(get_device("cpu")), singles=[], ensembles=[])
-    keep = {}
+    models = {}
     for seed in a.seeds:
         cfg = get_config(a.preset, epochs=a.epochs, seed=seed, val_fraction=0.1, device="cpu")
         t0 = time.perf_counter()
         det, _ = fit(root, a.category, None, cfg, progress=False, evaluate_test=False, log=lambda *_: None)
         train_s = time.perf_counter() - t0
-        logps, labels, masks = test_loglik(det, root, a.category)
-        keep[seed] = logps
-        m = both_maps_metrics(scores_of(logps, det.input_size, cfg.top_k, labels, masks), cfg.top_k)
+        models[seed] = det.model
+        test = MVTecDataset(root, a.category, "test", det.input_size)
+        m = both_maps_metrics(score_dataset(det.model, test, cfg, progress=False), cfg.top_k)
         res["singles"].append(dict(seed=seed, train_seconds=train_s, metrics=m))
         print(f"seed {seed}: {', '.join(f'{k} {100 * v:.1f}' for k, v in m['official'].items() if v is not None)} ({train_s:.0f} s)", flush=True)
         g = a.seeds[a.seeds.index(seed) // a.members * a.members:][:a.members]
         if seed == g[-1] and len(g) == a.members:  # a full group: score the ensemble
-            mean = [torch.stack([keep[s][i] for s in g]).mean(0) for i in range(len(logps))]
-            m = both_maps_metrics(scores_of(mean, det.input_size, cfg.top_k, labels, masks), cfg.top_k)
+            sc = score_batches(test, ensemble_score([models[s] for s in g], cfg.top_k), cfg.batch_size, progress=False)
+            m = both_maps_metrics(sc, cfg.top_k)
             res["ensembles"].append(dict(seeds=g, metrics=m))
             print(f"ensemble {g}: {', '.join(f'{k} {100 * v:.1f}' for k, v in m['official'].items() if v is not None)}", flush=True)
         write_result(name, _clean(res))
