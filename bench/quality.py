@@ -8,7 +8,8 @@
 
 Variants: `base` (the preset), `no_fusion` (fusion=False), `equal_depths` (parallel_blocks=(5,5,5)),
 `keep_aspect` (aspect="keep": the training images' aspect ratio at the same pixel budget), `res320`
-(input_size 320² instead of 256²: 1.56 times the pixels) and `keep_aspect_320` (both).
+(input_size 320² instead of 256²: 1.56 times the pixels), `keep_aspect_320` (both), `heads2` (two flow
+heads, log-likelihoods averaged) and `keep_aspect_heads2` (the aspect kept and two heads).
 `--strips` uses the demo categories cut into 160 x 400 strips (make_demo_dataset(size=400, height=160)).
 For every run the test split is scored once and every map (add, mul, and the raw map −Λ that is not
 normalised per image) is evaluated with every metric:
@@ -43,7 +44,8 @@ from msflow.metrics import aupro, aupro_paper, image_auroc, pixel_auroc
 
 VARIANTS = {"base": {}, "no_fusion": dict(fusion=False), "equal_depths": dict(parallel_blocks=(5, 5, 5)),
             "keep_aspect": dict(aspect="keep"), "res320": dict(input_size=(320, 320)),
-            "keep_aspect_320": dict(aspect="keep", input_size=(320, 320))}
+            "keep_aspect_320": dict(aspect="keep", input_size=(320, 320)),
+            "heads2": dict(heads=2), "keep_aspect_heads2": dict(aspect="keep", heads=2)}
 
 
 def both_maps_metrics(sc, top_k: float) -> dict:

@@ -42,6 +42,7 @@ def _model_options(p: argparse.ArgumentParser):
     g.add_argument("--lr", type=float, help="Adam learning rate")
     g.add_argument("--blocks", type=_blocks, dest="parallel_blocks", metavar="B1,B2,B3", help="coupling blocks per scale (paper: 2,5,8)")
     g.add_argument("--no-fusion", dest="fusion", action="store_const", const=False, help="drop the fusion flow (ablation)")
+    g.add_argument("--heads", type=int, help="flow heads trained side by side from different starts; scores average their log-likelihoods (1: the official model)")
     g.add_argument("--top-k", type=float, help="fraction of pixels averaged into the image score (paper: 0.03)")
     g.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision of the flows (fp16: CUDA only)")
     _backbone_amp_option(g)
@@ -76,7 +77,7 @@ def _scoring_options(p):
 def _runtime(a) -> dict: return dict(amp=a.amp, backbone_amp=a.backbone_amp, batch_size=a.batch_size, num_workers=a.num_workers,
                                      compile=a.compile)
 
-_CFG_KEYS = ["backbone", "weights", "input_size", "aspect", "epochs", "batch_size", "lr", "parallel_blocks", "fusion", "top_k", "amp",
+_CFG_KEYS = ["backbone", "weights", "input_size", "aspect", "epochs", "batch_size", "lr", "parallel_blocks", "fusion", "heads", "top_k", "amp",
              "val_fraction", "threshold_quantile", "cache_dtype", "cache_budget_gb", "device", "seed", "num_workers", "compile", "backbone_amp"]
 
 def _overrides(a) -> dict: return {k: getattr(a, k) for k in _CFG_KEYS if getattr(a, k, None) is not None}

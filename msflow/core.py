@@ -52,6 +52,7 @@ class MSFlowConfig:
     clamp: float = 1.9  # soft bound of the log-scales
     cond_channels: int = 64  # channels of the positional encoding
     fusion: bool = True  # use the fusion flow (False: ablation)
+    heads: int = 1  # flow heads trained side by side from different initial weights; scores average their log-likelihoods
     # scoring
     top_k: float = 0.03  # fraction of pixels averaged into the image score
     # training
@@ -87,6 +88,9 @@ class MSFlowConfig:
         if self.aspect not in _ASPECT: raise MSFlowError(f"aspect must be one of {_ASPECT}, got {self.aspect!r}")
         if not 0 < self.top_k <= 1: raise MSFlowError(f"top_k must be in (0, 1], got {self.top_k}")
         if not 0 <= self.val_fraction < 1: raise MSFlowError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if isinstance(self.heads, bool) or not isinstance(self.heads, (int, np.integer)) or self.heads < 1:
+            raise MSFlowError(f"heads must be a whole number of at least 1, got {self.heads!r}")
+        self.heads = int(self.heads)
         if self.epochs < 1 or self.batch_size < 1: raise MSFlowError("epochs and batch_size must be at least 1")
         if min(self.input_size) < 32: raise MSFlowError(f"input_size {self.input_size} is too small: the backbone needs at least 32 pixels per side")
 

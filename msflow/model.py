@@ -19,9 +19,19 @@ from .flows import FusionFlow, build_parallel_flows, count_parameters
 from .loss import msflow_loss
 
 # %% auto #0
-__all__ = ['MSFlow']
+__all__ = ['FlowHead', 'MSFlow']
 
 # %% ../nbs/05_model.ipynb #20d9e7cf
+class FlowHead(nn.Module):
+    "The trainable flows of one head: a conditional flow per scale and (if enabled) the cross-scale fusion flow."
+    def __init__(self, channels: Sequence[int],  # feature channels of each scale
+                 config: MSFlowConfig,  # depths, clamp, fusion
+                 gen: torch.Generator):  # draws the channel permutations
+        super().__init__()
+        self.parallel_flows = build_parallel_flows(channels, config, gen)
+        self.fusion_flow = FusionFlow(channels, config.clamp, gen) if config.fusion else None
+
+# %% ../nbs/05_model.ipynb #0ef3b991
 class MSFlow(nn.Module):
     "MSFlow: a frozen feature extractor, one conditional flow per scale, and a cross-scale fusion flow."
     def __init__(self, config: MSFlowConfig,  # the model's settings (backbone, weights, depths, clamp, ...)
@@ -33,8 +43,8 @@ class MSFlow(nn.Module):
         if len(chs) != len(config.parallel_blocks):
             raise MSFlowError(f"the extractor gives {len(chs)} feature maps but parallel_blocks={config.parallel_blocks} has {len(config.parallel_blocks)} depths")
         gen = torch.Generator().manual_seed(config.seed)  # the channel permutations depend on the seed only
-        self.parallel_flows = build_parallel_flows(chs, config, gen)
-        self.fusion_flow = FusionFlow(chs, config.clamp, gen) if config.fusion else None
+        self.heads = nn.ModuleList([FlowHead(chs, config, gen) for _ in range(config.heads)])
+        self.register_load_state_dict_pre_hook(_one_head_names)  # models saved before heads existed
         self.set_memory_format(torch.channels_last)
 
     def set_memory_format(self, memory_format: torch.memory_format) -> "MSFlow":  # torch.channels_last or torch.contiguous_format
@@ -47,12 +57,28 @@ class MSFlow(nn.Module):
         "Feature channels of each scale."
         return list(self.extractor.channels)
 
+    @property
+    def parallel_flows(self) -> nn.ModuleList:
+        "The parallel flows of the first head."
+        return self.heads[0].parallel_flows
+
+    @property
+    def fusion_flow(self) -> FusionFlow | None:
+        "The fusion flow of the first head (None without fusion)."
+        return self.heads[0].fusion_flow
+
+def _one_head_names(module, state_dict, prefix, *args):
+    "Load a state dict of a model saved before heads existed: `parallel_flows.*` and `fusion_flow.*` are head 0's."
+    for k in [k for k in state_dict if k.startswith((prefix + "parallel_flows.", prefix + "fusion_flow."))]:
+        state_dict[prefix + "heads.0." + k[len(prefix):]] = state_dict.pop(k)
+
 # %% ../nbs/05_model.ipynb #0c2513f8
 @patch
 def extra_repr(self: MSFlow) -> str:
     "The settings shown in the module's printout: channels, depths, fusion, input size, trainable parameters."
     c = self.config
-    return (f"channels={self.channels}, blocks={c.parallel_blocks}, fusion={c.fusion}, input_size={c.input_size}, "
+    heads = f", heads={c.heads}" if c.heads > 1 else ""
+    return (f"channels={self.channels}, blocks={c.parallel_blocks}, fusion={c.fusion}{heads}, input_size={c.input_size}, "
             f"flow_parameters={count_parameters(self):,}")
 
 # %% ../nbs/05_model.ipynb #1e565e79
@@ -96,9 +122,8 @@ def _features(self: MSFlow, images, features) -> list[Tensor]:
 
 # %% ../nbs/05_model.ipynb #4b4cafd9
 @patch
-def flow(self: MSFlow, features: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+def forward(self: FlowHead, features: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
     "Features → (latents, total log|det J| (B,)) through the parallel flows and (if enabled) the fusion flow."
-    features = self._features(None, features)
     zs, logdet = [], 0
     for f, x in zip(self.parallel_flows, features):
         z, ld = f(x)
@@ -108,10 +133,17 @@ def flow(self: MSFlow, features: Sequence[Tensor]) -> tuple[list[Tensor], Tensor
         logdet = logdet + ld
     return zs, logdet
 
+@patch
+def flow(self: MSFlow, features: Sequence[Tensor],
+         head: int = 0,  # which head (`config.heads` of them)
+        ) -> tuple[list[Tensor], Tensor]:
+    "Features → (latents, total log|det J| (B,)) through one head."
+    return self.heads[head](self._features(None, features))
+
 # %% ../nbs/05_model.ipynb #ed1dc043
 @patch
-def inverse_flow(self: MSFlow, zs: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
-    "Latents → (features, log|det| of the inverse): the exact inverse of `flow`."
+def inverse(self: FlowHead, zs: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+    "Latents → (features, log|det| of the inverse): the exact inverse of the head's `forward`."
     zs = list(zs)
     logdet = 0
     if self.fusion_flow is not None:
@@ -122,20 +154,28 @@ def inverse_flow(self: MSFlow, zs: Sequence[Tensor]) -> tuple[list[Tensor], Tens
         xs.append(x); logdet = logdet + ld
     return xs, logdet
 
+@patch
+def inverse_flow(self: MSFlow, zs: Sequence[Tensor], head: int = 0) -> tuple[list[Tensor], Tensor]:
+    "Latents → (features, log|det| of the inverse): the exact inverse of `flow` (same head)."
+    return self.heads[head].inverse(zs)
+
 # %% ../nbs/05_model.ipynb #6bda5b64
 @patch
 def loss(self: MSFlow, images: Tensor | None = None, *, features: Sequence[Tensor] | None = None) -> Tensor:
-    "The training loss (`msflow_loss`) of a batch."
-    return msflow_loss(*self.flow(self._features(images, features)))
+    "The training loss (`msflow_loss`) of a batch; with several heads, the mean of theirs."
+    features = self._features(images, features)
+    return sum(msflow_loss(*h(features)) for h in self.heads) / len(self.heads)
 
 # %% ../nbs/05_model.ipynb #1f5654e5
 @patch
 @torch.no_grad()
 def log_likelihoods(self: MSFlow, images: Tensor | None = None, *,
                     features: Sequence[Tensor] | None = None) -> list[Tensor]:  # (B, H_s, W_s) per scale
-    "Per-scale pixel log-likelihoods −½·mean_c z² (no autograd), the input of every map and score."
-    zs, _ = self.flow(self._features(images, features))
-    return log_likelihoods(zs)
+    "Per-scale pixel log-likelihoods −½·mean_c z² (no autograd), the input of every map and score; with several heads, their mean."
+    features = self._features(images, features)
+    per_head = [log_likelihoods(h(features)[0]) for h in self.heads]
+    if len(per_head) == 1: return per_head[0]
+    return [torch.stack(ls).mean(0) for ls in zip(*per_head)]
 
 # %% ../nbs/05_model.ipynb #ce8f67b3
 @patch
@@ -156,7 +196,7 @@ def score_maps(self: MSFlow, images: Tensor | None = None, *, features: Sequence
 @patch
 def forward(self: MSFlow, images: Tensor | None = None, *, features: Sequence[Tensor] | None = None,
             size: int | Sequence[int] | None = None):
-    "Training mode: (latents, logdet). Evaluation mode: (image scores (B,), add maps (B, H, W))."
+    "Training mode: (latents, logdet) of the first head. Evaluation mode: (image scores (B,), add maps (B, H, W))."
     if self.training:
         return self.flow(self._features(images, features))
     out = self.score_maps(images, features=features, size=size)

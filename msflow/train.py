@@ -183,8 +183,8 @@ def train_flows(model: MSFlow, cfg: MSFlowConfig,
     "Train the flows of `model` in place for `cfg.epochs` passes; returns the loss history."
     device = get_device(cfg.device)
     model.to(device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, fused=device.type in ("cpu", "cuda") or None)
+    head_params = [[p for p in h.parameters() if p.requires_grad] for h in model.heads]
+    opt = torch.optim.Adam([p for ps in head_params for p in ps], lr=cfg.lr, fused=device.type in ("cpu", "cuda") or None)
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.amp == "fp16"))
     n = len(dataset) if recompute else len(cache)
     if n == 0: raise MSFlowError("no training images")
@@ -197,7 +197,7 @@ def train_flows(model: MSFlow, cfg: MSFlowConfig,
         gen.set_state(state["generator"])
         hist, start = History(**state["history"]), int(state["passes_done"])
         hist.resumed_at.append(start)
-    flow = compiled(model.flow, cfg, device)
+    heads = [compiled(h, cfg, device) for h in model.heads]
     t0, seconds0 = time.perf_counter(), hist.seconds
     bar = tqdm(range(start, cfg.epochs), desc="train", initial=start, total=cfg.epochs, disable=not progress or None)
     for epoch in bar:
@@ -208,13 +208,17 @@ def train_flows(model: MSFlow, cfg: MSFlowConfig,
             idx = perm[i:i + cfg.batch_size]
             with amp_context(device, cfg.amp):
                 feats = model.extract(_stack(dataset, idx).to(device)) if recompute else cache.batch(idx.numpy(), device)
-                zs, logdet = flow(feats)
-            loss = msflow_loss([z.float() for z in zs], logdet.float())
-            if not torch.isfinite(loss): raise _diverged("loss", loss.item(), epoch, lr, cfg, checkpoint)
+                feats = model._features(None, feats)  # checked, in the model's memory layout
             opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            loss = 0.0
+            for head in heads:  # one backward per head: each head's gradient is that of its own loss
+                with amp_context(device, cfg.amp): zs, logdet = head(feats)
+                head_loss = msflow_loss([z.float() for z in zs], logdet.float())
+                if not torch.isfinite(head_loss): raise _diverged("loss", head_loss.item(), epoch, lr, cfg, checkpoint)
+                scaler.scale(head_loss).backward()
+                loss += head_loss.item() / len(heads)
             scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+            norm = sum(torch.nn.utils.clip_grad_norm_(ps, cfg.clip_grad) for ps in head_params)  # clipped head by head
             if scaler.is_enabled():
                 scale = scaler.get_scale()
                 scaler.step(opt); scaler.update()  # skips the step if the scaled gradients overflowed
@@ -222,7 +226,7 @@ def train_flows(model: MSFlow, cfg: MSFlowConfig,
             else:
                 if not torch.isfinite(norm): raise _diverged("gradient norm", norm.item(), epoch, lr, cfg, checkpoint)
                 opt.step()
-            total += loss.item() * len(idx)
+            total += loss * len(idx)
         hist.loss.append(total / n); hist.lr.append(lr)
         if val_cache is not None and val_every and (epoch + 1) % val_every == 0:
             hist.val_loss[epoch + 1] = flow_loss(model, val_cache, cfg)
@@ -246,6 +250,5 @@ def flow_loss(model: MSFlow, # a model whose flows to evaluate
     model.eval(); total = 0.0
     for i in range(0, len(cache), cfg.batch_size):
         idx = np.arange(i, min(i + cfg.batch_size, len(cache)))
-        zs, logdet = model.flow(cache.batch(idx, device))
-        total += msflow_loss(zs, logdet).item() * len(idx)
+        total += model.loss(features=cache.batch(idx, device)).item() * len(idx)
     return total / max(len(cache), 1)

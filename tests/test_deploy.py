@@ -134,6 +134,16 @@ def test_odd_input_size(tmp_path):
     assert_same(got, det.score_images(x))
 
 
+def test_two_heads_export_their_mean(tmp_path):
+    "A model with two flow heads exports as one graph whose scores and maps equal PyTorch's (the heads' log-likelihoods averaged)."
+    torch.manual_seed(0)
+    det = Detector(MSFlow(get_config("lite", **{**TINY, "heads": 2})).eval(), 0.5, 10.0)
+    x = _probe_images((64, 64), 3, seed=2)
+    od = load_onnx(export_onnx(det, tmp_path / "two.onnx"))
+    assert od.config.heads == 2
+    assert_same(od.score_images(x), det.score_images(x))
+
+
 def test_bf16_trained_run_exports_in_float32_and_cache_follows_the_model(data, det, exported, images, tmp_path):
     cache = tmp_path / "cache"; cache.mkdir()
     (cache / "model.onnx").write_bytes(exported(8).read_bytes())  # an export of `det` is in the cache...

@@ -38,3 +38,27 @@ def test_full_model_logdet_equals_autograd(fusion):
         sign, ref = torch.linalg.slogdet(J)
         assert sign != 0
         torch.testing.assert_close(logdet[b], ref, rtol=1e-9, atol=1e-8)
+
+
+def test_two_heads_resume_to_the_uninterrupted_result(tmp_path):
+    "Two heads trained for two passes, and the same run stopped after one pass and resumed from its checkpoint, end bitwise equal."
+    from msflow.core import seed_everything
+    from msflow.train import FeatureCache, load_checkpoint, train_flows
+    cfg = get_config("lite", weights="random", input_size=32, parallel_blocks=(1, 1, 1), heads=2, epochs=2, batch_size=4, device="cpu")
+    seed_everything(0)
+    ref = MSFlow(cfg)
+    feats = [f.numpy() for f in ref.extract(torch.rand(10, 3, 32, 32))]
+    cache = FeatureCache(feats)
+    start = {k: v.clone() for k, v in ref.state_dict().items()}
+    h_ref = train_flows(ref, cfg, cache, progress=False)
+
+    def stop(k, h, m):
+        if k == 1: raise KeyboardInterrupt
+    again = MSFlow(cfg, extractor=ref.extractor); again.load_state_dict(start)
+    with pytest.raises(KeyboardInterrupt): train_flows(again, cfg, cache, progress=False, checkpoint=tmp_path / "ck.pt", callback=stop)
+    fresh = MSFlow(cfg, extractor=ref.extractor)  # other starting weights: the checkpoint replaces them
+    h = train_flows(fresh, cfg, cache, progress=False, state=load_checkpoint(tmp_path / "ck.pt"))
+    for (k, a), b in zip(ref.state_dict().items(), fresh.state_dict().values()): assert torch.equal(a, b), k
+    assert h.loss == h_ref.loss and h.resumed_at == [1]
+    assert not torch.equal(ref.heads[0].parallel_flows[0]._transforms[0].subnet.conv1.weight,
+                           ref.heads[1].parallel_flows[0]._transforms[0].subnet.conv1.weight)
