@@ -5,12 +5,19 @@ Needs the `bench` extra (anomalib) in its own environment, so that msflow's own 
     python3 -m venv /work/benchvenv
     /work/benchvenv/bin/pip install -e . anomalib==2.7.0 torch==2.14.1 torchvision==0.29.1
     HF_HUB_OFFLINE=1 /work/benchvenv/bin/python bench/compare_anomalib.py --demo --category brick --epochs 10
+    # the presets next to FastFlow and CFLOW on the strips, at the shape the accurate preset chooses
+    HF_HUB_OFFLINE=1 /work/benchvenv/bin/python bench/compare_anomalib.py --strips --category brick --epochs 30 \
+        --methods msflow msflow-accurate fastflow cflow --size-from accurate --cflow-epochs 3
 
 The anomalib torch models are built directly (no Lightning engine): `FastflowModel` and `CflowModel`
 with pre_trained=False, their backbone replaced by msflow's frozen `tf_efficientnet_lite0` with the
 bundled ImageNet weights (un-pooled stage 1-3 features, images normalised the same way), and trained
 with the optimisers and losses of anomalib's Lightning modules (FastFlow: Adam lr 1e-3, weight decay
-1e-5; CFLOW: Adam lr 1e-4, fibre batches of 64, -logsigmoid loss). msflow is the lite preset.
+1e-5; CFLOW: Adam lr 1e-4, fibre batches of 64, -logsigmoid loss). `msflow` is the lite preset,
+`msflow-accurate` the accurate preset. With `--size-from accurate` every method works at the input shape
+the accurate preset chooses from the training images (`keep_aspect_size`; on square images 256x256),
+so FastFlow and CFLOW see the same pixels as it; `--cflow-epochs` gives CFLOW fewer passes (it costs
+about 20 times FastFlow's time per pass on a CPU).
 All three see the same training images (train/good minus the same 10 % validation split), in the
 same number of passes of batch 8, and are scored on the same test images with the same metric code
 (image AUROC on each model's own image score, pixel AUROC and AU-PRO on its own anomaly map).
@@ -20,6 +27,7 @@ Writes bench/results/compare_anomalib_<category>_e<epochs>.json and prints table
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -38,7 +46,7 @@ from torch import nn
 
 from common import PeakMemory, environment, loadavg, median, sync, table, timeit, write_result
 from msflow.core import get_config, get_device, seed_everything
-from msflow.data import MVTecDataset
+from msflow.data import MVTecDataset, keep_aspect_size
 from msflow.detector import score_dataset
 from msflow.engine import fit
 from msflow.extractor import FeatureExtractor
@@ -136,31 +144,37 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=None)
     p.add_argument("--demo", action="store_true")
+    p.add_argument("--strips", action="store_true", help="the demo category as 160x400 strips (bench/quality.py --strips)")
     p.add_argument("--category", default="brick")
+    p.add_argument("--size-from", choices=["lite", "accurate"], default="lite", help="input shape of every method: lite's 256x256, or the shape the accurate preset chooses")
+    p.add_argument("--cflow-epochs", type=int, default=None, help="passes for CFLOW (default: --epochs)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=9826)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--methods", nargs="+", default=["msflow", "fastflow", "cflow"])
+    p.add_argument("--methods", nargs="+", default=["msflow", "fastflow", "cflow"], choices=["msflow", "msflow-accurate", "fastflow", "cflow"])
     p.add_argument("--skip-quality", action="store_true", help="speed only")
     p.add_argument("--name", default=None, help="result file name (default compare_anomalib_<category>_e<epochs>)")
     a = p.parse_args(argv)
-    name = a.name or f"compare_anomalib_{a.category}_e{a.epochs}"
+    dataset = "demo" if a.demo else "strips" if a.strips else "mvtec"
+    name = a.name or (f"compare_anomalib_{a.category}_e{a.epochs}" if dataset != "strips" else f"compare_anomalib_strips_{a.category}_e{a.epochs}")
     torch.set_num_threads(a.threads)
     device = get_device(a.device)
     import anomalib
-    if a.demo:
-        from msflow.demo_data import make_demo_dataset
-        root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-demo", categories=[a.category])
-    else:
-        root = Path(a.data_root)
+    from msflow.demo_data import make_demo_dataset
+    if a.demo: root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-demo", categories=[a.category])
+    elif a.strips: root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-strips", categories=[a.category], size=400, height=160)
+    else: root = Path(a.data_root)
     cfg = get_config("lite", epochs=a.epochs, seed=a.seed, val_fraction=0.1, device=str(device))
-    size = cfg.input_size
+    acc = get_config("accurate", epochs=a.epochs, seed=a.seed, val_fraction=0.1, device=str(device))
+    if a.size_from == "accurate":  # the shape accurate's fit will choose, from the same training images
+        size = keep_aspect_size(MVTecDataset(root, a.category, "train", cfg.input_size, val_fraction=cfg.val_fraction, seed=cfg.seed).paths, acc.input_size)
+    else: size = cfg.input_size
     env = environment(device); env["anomalib"] = anomalib.__version__
-    res = dict(bench="compare_anomalib", dataset="demo" if a.demo else "mvtec", category=a.category, epochs=a.epochs,
-               input_size=list(size), batch_size=cfg.batch_size, backbone="tf_efficientnet_lite0 (bundled ImageNet weights)",
+    res = dict(bench="compare_anomalib", dataset=dataset, category=a.category, epochs=a.epochs,
+               cflow_epochs=a.cflow_epochs or a.epochs, input_size=list(size), size_from=a.size_from, accurate=acc.to_dict(), batch_size=cfg.batch_size, backbone="tf_efficientnet_lite0 (bundled ImageNet weights)",
                env=env, data_loading_included=False, quality={}, speed=[])
     log = lambda *x: print(*x, flush=True)
     train = MVTecDataset(root, a.category, "train", size, val_fraction=cfg.val_fraction, seed=cfg.seed)
@@ -169,30 +183,41 @@ def main(argv=None):
     labels = np.array([test[i]["label"] for i in range(len(test))])
     masks = np.stack([test[i]["mask"][0].numpy() > 0.5 for i in range(len(test))])
     log(f"compare: {a.category}, {len(train)} train / {len(test)} test images at {size}, {a.epochs} passes, load {env['loadavg_start']}")
+    from common import RESULTS
+    old = RESULTS / f"{name}.json"
+    if old.exists() and not a.skip_quality:  # a rerun adds or replaces its methods; the others' results stay
+        prev = json.loads(old.read_text())
+        if all(prev.get(k) == res[k] for k in ("dataset", "category", "epochs", "input_size")):
+            res["quality"] = {k: v for k, v in prev.get("quality", {}).items() if k not in a.methods}
+            res["speed"] = [r for r in prev.get("speed", []) if r["method"] not in a.methods]
+            res["earlier_env"] = prev.get("env")
+            if "cflow" not in a.methods and "cflow" in res["quality"]: res["cflow_epochs"] = prev.get("cflow_epochs", res["cflow_epochs"])
 
     models = {}
     for meth in a.methods:
         seed_everything(a.seed); gen = torch.Generator().manual_seed(a.seed)
         t0 = time.perf_counter()
-        if meth == "msflow" and a.skip_quality:
+        mcfg = acc if meth == "msflow-accurate" else cfg
+        if meth.startswith("msflow") and a.skip_quality:
             from msflow.model import MSFlow
-            m = MSFlow(cfg).to(device).eval()
-        elif meth == "msflow":
-            det, _ = fit(root, a.category, None, cfg, progress=False, evaluate_test=False, log=lambda *_: None)
+            m = MSFlow(mcfg.replace(input_size=size, aspect="square") if meth == "msflow-accurate" else mcfg).to(device).eval()
+        elif meth.startswith("msflow"):
+            det, _ = fit(root, a.category, None, mcfg, progress=False, evaluate_test=False, log=lambda *_: None)
             m = det.model
         elif meth == "fastflow":
             m = build_fastflow(size).to(device)
             if not a.skip_quality: train_fastflow(m, images, a.epochs, cfg.batch_size, gen, log)
         else:
             m = build_cflow().to(device)
-            if not a.skip_quality: train_cflow(m, images, a.epochs, cfg.batch_size, gen, log)
+            if not a.skip_quality: train_cflow(m, images, a.cflow_epochs or a.epochs, cfg.batch_size, gen, log)
         train_s = time.perf_counter() - t0
         models[meth] = m
         n_params = sum(p.numel() for p in m.parameters() if p.requires_grad)
-        q = dict(train_seconds=train_s, trainable_parameters=n_params)
+        q = dict(train_seconds=train_s, trainable_parameters=n_params, passes=(a.cflow_epochs or a.epochs) if meth == "cflow" else a.epochs)
+        if meth.startswith("msflow"): q["config"] = mcfg.to_dict()
         if not a.skip_quality:
-            if meth == "msflow":
-                sc = score_dataset(m, test, cfg, progress=False)
+            if meth.startswith("msflow"):
+                sc = score_dataset(m, MVTecDataset(root, a.category, "test", det.input_size), mcfg, progress=False)
                 q.update(image_auroc=image_auroc(sc.labels, sc.scores), pixel_auroc=pixel_auroc(sc.masks, sc.add),
                          aupro=aupro(sc.masks, sc.mul), maps="image/PRO: mul, pixel: add (official pairing)")
             else:
@@ -208,7 +233,7 @@ def main(argv=None):
         x = torch.rand(b, 3, *size, device=device)
         for meth, m in models.items():
             m.eval()
-            fn = (lambda: m.score_maps(x)) if meth == "msflow" else (lambda: m(x))
+            fn = (lambda: m.score_maps(x)) if meth.startswith("msflow") else (lambda: m(x))
             with torch.no_grad(), PeakMemory(device) as mem:
                 ts = timeit(fn, device, reps=a.reps)
             t = median(ts)

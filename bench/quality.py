@@ -9,7 +9,10 @@
 Variants: `base` (the preset), `no_fusion` (fusion=False), `equal_depths` (parallel_blocks=(5,5,5)),
 `keep_aspect` (aspect="keep": the training images' aspect ratio at the same pixel budget), `res320`
 (input_size 320² instead of 256²: 1.56 times the pixels), `keep_aspect_320` (both), `heads2` (two flow
-heads, log-likelihoods averaged) and `keep_aspect_heads2` (the aspect kept and two heads).
+heads, log-likelihoods averaged), `keep_aspect_heads2` (the aspect kept and two heads), and two one-seed
+probes of where the gap to FastFlow and CFLOW on the strips comes from: `keep_aspect_nopool` (no 3x3/2
+pooling: maps of twice the resolution, as those methods use) and `keep_aspect_lr1e-3` (FastFlow's
+learning rate); `keep_aspect_heads2_lr1e-3` adds two heads to it, and `lr1e-3` is lite at that learning rate.
 `--strips` uses the demo categories cut into 160 x 400 strips (make_demo_dataset(size=400, height=160)).
 For every run the test split is scored once and every map (add, mul, and the raw map −Λ that is not
 normalised per image) is evaluated with every metric:
@@ -45,7 +48,9 @@ from msflow.metrics import aupro, aupro_paper, image_auroc, pixel_auroc
 VARIANTS = {"base": {}, "no_fusion": dict(fusion=False), "equal_depths": dict(parallel_blocks=(5, 5, 5)),
             "keep_aspect": dict(aspect="keep"), "res320": dict(input_size=(320, 320)),
             "keep_aspect_320": dict(aspect="keep", input_size=(320, 320)),
-            "heads2": dict(heads=2), "keep_aspect_heads2": dict(aspect="keep", heads=2)}
+            "heads2": dict(heads=2), "keep_aspect_heads2": dict(aspect="keep", heads=2),
+            "keep_aspect_nopool": dict(aspect="keep", pool="none"), "keep_aspect_lr1e-3": dict(aspect="keep", lr=1e-3),
+            "keep_aspect_heads2_lr1e-3": dict(aspect="keep", heads=2, lr=1e-3), "lr1e-3": dict(lr=1e-3)}
 
 
 def both_maps_metrics(sc, top_k: float) -> dict:
