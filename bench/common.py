@@ -103,6 +103,16 @@ class PeakMemory:
                                    kind="cuda max_memory_allocated" if self.device.type == "cuda" else "process RSS (sampled)")
 
 
+def dev_data(category: str, demo: bool = False, strips: bool = False, data_root=None) -> tuple[Path, str]:
+    "A development data set: (root, kind); the demo category generated square (demo) or as 160x400 strips, or a folder in MVTec layout."
+    if demo or strips:
+        import tempfile
+        from msflow.demo_data import make_demo_dataset
+        if strips: return make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-strips", categories=[category], size=400, height=160), "strips"
+        return make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-demo", categories=[category]), "demo"
+    return Path(data_root), "mvtec"
+
+
 def write_result(name: str, obj: dict) -> Path:
     "Write `bench/results/<name>.json` (atomically)."
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ with the optimisers and losses of anomalib's Lightning modules (FastFlow: Adam l
 `msflow-accurate` the accurate preset. With `--size-from accurate` every method works at the input shape
 the accurate preset chooses from the training images (`keep_aspect_size`; on square images 256x256),
 so FastFlow and CFLOW see the same pixels as it; `--cflow-epochs` gives CFLOW fewer passes (it costs
-about 20 times FastFlow's time per pass on a CPU).
+about 10 times FastFlow's time per pass on a CPU).
 All three see the same training images (train/good minus the same 10 % validation split), in the
 same number of passes of batch 8, and are scored on the same test images with the same metric code
 (image AUROC on each model's own image score, pixel AUROC and AU-PRO on its own anomaly map).
@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import PeakMemory, environment, loadavg, median, sync, table, timeit, write_result
+from common import PeakMemory, dev_data, environment, loadavg, median, sync, table, timeit, write_result
 from msflow.core import get_config, get_device, seed_everything
 from msflow.data import MVTecDataset, keep_aspect_size
 from msflow.detector import score_dataset
@@ -163,10 +162,7 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     device = get_device(a.device)
     import anomalib
-    from msflow.demo_data import make_demo_dataset
-    if a.demo: root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-demo", categories=[a.category])
-    elif a.strips: root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-strips", categories=[a.category], size=400, height=160)
-    else: root = Path(a.data_root)
+    root, _ = dev_data(a.category, a.demo, a.strips, a.data_root)
     cfg = get_config("lite", epochs=a.epochs, seed=a.seed, val_fraction=0.1, device=str(device))
     acc = get_config("accurate", epochs=a.epochs, seed=a.seed, val_fraction=0.1, device=str(device))
     if a.size_from == "accurate":  # the shape accurate's fit will choose, from the same training images

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import torch
 
-from common import environment, table, write_result
+from common import dev_data, environment, table, write_result
 from quality import both_maps_metrics, _clean
 from msflow.anomaly_map import score_maps
 from msflow.core import get_config, get_device
@@ -52,10 +51,8 @@ def main(argv=None):
     p.add_argument("--name", default=None)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from msflow.demo_data import make_demo_dataset
-    if a.demo: root, dataset = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-demo", categories=[a.category]), "demo"
-    elif a.strips: root, dataset = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-strips", categories=[a.category], size=400, height=160), "strips"
-    else: root, dataset = Path(a.data_root), "data"
+    root, dataset = dev_data(a.category, a.demo, a.strips, a.data_root)
+    dataset = "data" if dataset == "mvtec" else dataset
     name = a.name or f"ensemble_{dataset}_{a.category}_{a.preset}"
     res = dict(bench="ensemble", dataset=dataset, category=a.category, preset=a.preset, epochs=a.epochs, members=a.members,
                env=environment(get_device("cpu")), singles=[], ensembles=[])

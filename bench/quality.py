@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import torch
 
-from common import RESULTS, environment, loadavg, table, write_result
+from common import RESULTS, dev_data, environment, loadavg, table, write_result
 from msflow.anomaly_map import image_score
 from msflow.core import get_config, get_device
 from msflow.data import MVTecDataset
@@ -105,17 +104,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
-    if a.demo:
-        from msflow.demo_data import make_demo_dataset
-        root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-demo", categories=[a.category])
-        dataset = "demo"
-    elif a.strips:  # the demo category as 160 x 400 strips (parts wider than high)
-        from msflow.demo_data import make_demo_dataset
-        root = make_demo_dataset(Path(tempfile.gettempdir()) / "msflow-bench-strips", categories=[a.category], size=400, height=160)
-        dataset = "strips"
-    else:
-        if not a.data_root: p.error("give --data-root or --demo")
-        root, dataset = Path(a.data_root), "mvtec"
+    if not (a.demo or a.strips or a.data_root): p.error("give --data-root, --demo or --strips")
+    root, dataset = dev_data(a.category, a.demo, a.strips, a.data_root)
     name = a.name or f"quality_{'demo' if a.demo else 'strips' if a.strips else 'data'}_{a.category}"
     path = RESULTS / f"{name}.json"
     res = json.loads(path.read_text()) if path.exists() else dict(bench="quality", dataset=dataset, category=a.category, runs=[])
@@ -124,6 +114,7 @@ def main(argv=None):
 
     def record(run):
         same = lambda r: (r["variant"], r["seed"], r["epochs"]) == (run["variant"], run["seed"], run["epochs"])
+        if path.exists(): res["runs"] = json.loads(path.read_text())["runs"]  # rows another job wrote meanwhile stay
         res["runs"] = [r for r in res["runs"] if not same(r)] + [run]
         res["env"]["loadavg_end"] = loadavg()
         write_result(name, _clean(res))
