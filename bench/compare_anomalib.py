@@ -155,10 +155,11 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--methods", nargs="+", default=["msflow", "fastflow", "cflow"], choices=["msflow", "msflow-accurate", "fastflow", "cflow"])
     p.add_argument("--skip-quality", action="store_true", help="speed only")
-    p.add_argument("--name", default=None, help="result file name (default compare_anomalib_<category>_e<epochs>)")
+    p.add_argument("--name", default=None, help="result file name (default compare_anomalib_<category>_e<epochs>, with _s<seed> unless the seed is 9826)")
     a = p.parse_args(argv)
     dataset = "demo" if a.demo else "strips" if a.strips else "mvtec"
     name = a.name or (f"compare_anomalib_{a.category}_e{a.epochs}" if dataset != "strips" else f"compare_anomalib_strips_{a.category}_e{a.epochs}")
+    if a.name is None and a.seed != 9826: name += f"_s{a.seed}"
     torch.set_num_threads(a.threads)
     device = get_device(a.device)
     import anomalib
@@ -169,7 +170,7 @@ def main(argv=None):
         size = keep_aspect_size(MVTecDataset(root, a.category, "train", cfg.input_size, val_fraction=cfg.val_fraction, seed=cfg.seed).paths, acc.input_size)
     else: size = cfg.input_size
     env = environment(device); env["anomalib"] = anomalib.__version__
-    res = dict(bench="compare_anomalib", dataset=dataset, category=a.category, epochs=a.epochs,
+    res = dict(bench="compare_anomalib", dataset=dataset, category=a.category, epochs=a.epochs, seed=a.seed,
                cflow_epochs=a.cflow_epochs or a.epochs, input_size=list(size), size_from=a.size_from, accurate=acc.to_dict(), batch_size=cfg.batch_size, backbone="tf_efficientnet_lite0 (bundled ImageNet weights)",
                env=env, data_loading_included=False, quality={}, speed=[])
     log = lambda *x: print(*x, flush=True)
@@ -183,7 +184,7 @@ def main(argv=None):
     old = RESULTS / f"{name}.json"
     if old.exists() and not a.skip_quality:  # a rerun adds or replaces its methods; the others' results stay
         prev = json.loads(old.read_text())
-        if all(prev.get(k) == res[k] for k in ("dataset", "category", "epochs", "input_size")):
+        if all(prev.get(k) == res[k] for k in ("dataset", "category", "epochs", "input_size", "seed")):
             res["quality"] = {k: v for k, v in prev.get("quality", {}).items() if k not in a.methods}
             res["speed"] = [r for r in prev.get("speed", []) if r["method"] not in a.methods]
             res["earlier_env"] = prev.get("env")
