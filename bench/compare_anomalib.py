@@ -157,13 +157,12 @@ def main(argv=None):
     p.add_argument("--skip-quality", action="store_true", help="speed only")
     p.add_argument("--name", default=None, help="result file name (default compare_anomalib_<category>_e<epochs>, with _s<seed> unless the seed is 9826)")
     a = p.parse_args(argv)
-    dataset = "demo" if a.demo else "strips" if a.strips else "mvtec"
+    root, dataset = dev_data(a.category, a.demo, a.strips, a.data_root)
     name = a.name or (f"compare_anomalib_{a.category}_e{a.epochs}" if dataset != "strips" else f"compare_anomalib_strips_{a.category}_e{a.epochs}")
     if a.name is None and a.seed != 9826: name += f"_s{a.seed}"
     torch.set_num_threads(a.threads)
     device = get_device(a.device)
     import anomalib
-    root, _ = dev_data(a.category, a.demo, a.strips, a.data_root)
     cfg = get_config("lite", epochs=a.epochs, seed=a.seed, val_fraction=0.1, device=str(device))
     acc = get_config("accurate", epochs=a.epochs, seed=a.seed, val_fraction=0.1, device=str(device))
     if a.size_from == "accurate":  # the shape accurate's fit will choose, from the same training images
