@@ -8,6 +8,8 @@ the backbone at every step, and inference (image -> score and maps) at several b
     python bench/speed.py --preset lite --layouts             # + channels-last vs plain layout, side by side
     python bench/speed.py --preset lite --fold                # + BatchNorm folded vs plain backbone, side by side
     python bench/speed.py --preset lite --maps                # + map upsampling by matrix products vs F.interpolate
+    python bench/speed.py --preset lite --against ../prev --skip-basics   # this msflow against another checkout, side by side
+    python bench/speed.py --preset lite --split-merge --skip-basics       # coupling split/merge: nflows indexing vs slices
 
 Images are random tensors already in memory: data loading and decoding are NOT included, except in
 the row `extract_with_loading`, which reads, decodes and resizes real files when --data-root is given.
@@ -30,6 +32,24 @@ from common import PeakMemory, environment, loadavg, median, sync, table, timeit
 from msflow.core import autocast_dtype, get_config, get_device, seed_everything
 from msflow.train import FeatureCache, train_flows
 from msflow.model import MSFlow
+
+
+def import_other(path):
+    "The msflow package of another checkout, imported under the name `msflow_other` (its modules import each other relatively)."
+    import importlib.util
+    pkg = os.path.join(os.path.abspath(path), "msflow")
+    spec = importlib.util.spec_from_file_location("msflow_other", os.path.join(pkg, "__init__.py"), submodule_search_locations=[pkg])
+    mod = importlib.util.module_from_spec(spec); sys.modules["msflow_other"] = mod; spec.loader.exec_module(mod)
+    import importlib
+    for sub in ("core", "model", "train"): setattr(mod, sub, importlib.import_module(f"msflow_other.{sub}"))
+    return mod
+
+
+def git_commit(path) -> str:
+    "The commit checked out at `path`, with '+changes' when the working tree differs from it."
+    import subprocess
+    run = lambda *c: subprocess.run(["git", "-C", path, *c], capture_output=True, text=True).stdout.strip()
+    return run("rev-parse", "HEAD") + ("+changes" if run("status", "--porcelain", "--", "msflow") else "")
 
 
 class Images(torch.utils.data.Dataset):
@@ -63,6 +83,13 @@ def main(argv=None):
                    "in the plain (NCHW) layout against channels-last, interleaved")
     p.add_argument("--fold", action="store_true", help="also time extraction and inference (batch 8) with the backbone's "
                    "BatchNorm folded into its convolutions (the default) against the plain backbone, interleaved")
+    p.add_argument("--against", default=None, metavar="DIR",
+                   help="also time a training pass and inference (batch 8) of the msflow in the checkout DIR (e.g. the previous "
+                        "commit, `git worktree add DIR COMMIT`) against this one: same weights, interleaved, in this process")
+    p.add_argument("--split-merge", action="store_true",
+                   help="also time a training pass and inference (batch 8) with the coupling's split and merge done by nflows' "
+                        "generic channel indexing against msflow's contiguous slices, interleaved")
+    p.add_argument("--skip-basics", action="store_true", help="skip the extraction, training and inference rows (only the side-by-side comparisons asked for)")
     p.add_argument("--maps", action="store_true", help="also time the anomaly maps (batch 8) with upsampling by matrix "
                    "products (the default) against F.interpolate, interleaved")
     a = p.parse_args(argv)
@@ -83,82 +110,84 @@ def main(argv=None):
     print(f"msflow speed: {a.preset} at {H}x{W} on {device} ({env['cpu']}, {env['cpu_cores']} cores, "
           f"{torch.get_num_threads()} threads), load {env['loadavg_start']}", flush=True)
 
-    # 1. feature extraction (backbone + pooling), batch = training batch size, images in memory
-    bs = cfg.batch_size
-    x = torch.rand(bs, 3, H, W, device=device)
+    tcfg, bs = cfg.replace(epochs=1), cfg.batch_size
     amp = lambda: torch.autocast(device.type, dtype=autocast_dtype(a.amp, device), enabled=a.amp != "off")
-    def extract():
-        with amp(): model.extract(x)
-    with PeakMemory(device) as mem:
-        ts = timeit(extract, device, reps=max(1, a.reps))
-    rows.append(dict(what="extract", batch=bs, seconds=median(ts), images_per_s=bs / median(ts), **mem.as_dict()))
-    print(rows[-1], flush=True)
-
-    # 1b. extraction with data loading (real files: read, decode, resize), via FeatureCache.build
-    if a.data_root:
-        from msflow.data import MVTecDataset
-        ds = MVTecDataset(a.data_root, a.category, "train", cfg.input_size)
-        sub = torch.utils.data.Subset(ds, range(min(a.n_train, len(ds))))
-        t0 = time.perf_counter()
-        c = FeatureCache.build(model, sub, bs, device, progress=False); sync(device)
-        t = time.perf_counter() - t0; c.close()
-        rows.append(dict(what="extract_with_loading", batch=bs, seconds=t, images_per_s=len(sub) / t, data_loading_included=True))
+    if not a.skip_basics:
+        # 1. feature extraction (backbone + pooling), batch = training batch size, images in memory
+        bs = cfg.batch_size
+        x = torch.rand(bs, 3, H, W, device=device)
+        def extract():
+            with amp(): model.extract(x)
+        with PeakMemory(device) as mem:
+            ts = timeit(extract, device, reps=max(1, a.reps))
+        rows.append(dict(what="extract", batch=bs, seconds=median(ts), images_per_s=bs / median(ts), **mem.as_dict()))
         print(rows[-1], flush=True)
 
-    # 2. flow training: one pass over n_train images from the cache vs recomputing the backbone each step.
-    #    In-memory images isolate the backbone's cost; with --data-root a third variant also reads and
-    #    decodes the files at every step, as a training loop without a cache does.
-    ds = Images(a.n_train, (H, W))
-    files = None
-    if a.data_root:
-        from msflow.data import MVTecDataset
-        full = MVTecDataset(a.data_root, a.category, "train", cfg.input_size)
-        files = torch.utils.data.Subset(full, range(min(a.n_train, len(full))))
-    tcfg = cfg.replace(epochs=1)
-    t = dict(build=[], cache=[], recompute=[], recompute_files=[])
-    mem = {}
-    for r in range(a.train_reps):
-        seed_everything(r)
-        t0 = time.perf_counter()
-        cache = FeatureCache.build(model, ds, bs, device, progress=False); sync(device)
-        t["build"].append(time.perf_counter() - t0)
-        with PeakMemory(device) as mem["cache"]:
-            t["cache"].append(train_flows(model, tcfg, cache, progress=False).seconds)
-        cache.close(); del cache
-        with PeakMemory(device) as mem["recompute"]:
-            t["recompute"].append(train_flows(model, tcfg, dataset=ds, recompute=True, progress=False).seconds)
+        # 1b. extraction with data loading (real files: read, decode, resize), via FeatureCache.build
+        if a.data_root:
+            from msflow.data import MVTecDataset
+            ds = MVTecDataset(a.data_root, a.category, "train", cfg.input_size)
+            sub = torch.utils.data.Subset(ds, range(min(a.n_train, len(ds))))
+            t0 = time.perf_counter()
+            c = FeatureCache.build(model, sub, bs, device, progress=False); sync(device)
+            t = time.perf_counter() - t0; c.close()
+            rows.append(dict(what="extract_with_loading", batch=bs, seconds=t, images_per_s=len(sub) / t, data_loading_included=True))
+            print(rows[-1], flush=True)
+
+        # 2. flow training: one pass over n_train images from the cache vs recomputing the backbone each step.
+        #    In-memory images isolate the backbone's cost; with --data-root a third variant also reads and
+        #    decodes the files at every step, as a training loop without a cache does.
+        ds = Images(a.n_train, (H, W))
+        files = None
+        if a.data_root:
+            from msflow.data import MVTecDataset
+            full = MVTecDataset(a.data_root, a.category, "train", cfg.input_size)
+            files = torch.utils.data.Subset(full, range(min(a.n_train, len(full))))
+        tcfg = cfg.replace(epochs=1)
+        t = dict(build=[], cache=[], recompute=[], recompute_files=[])
+        mem = {}
+        for r in range(a.train_reps):
+            seed_everything(r)
+            t0 = time.perf_counter()
+            cache = FeatureCache.build(model, ds, bs, device, progress=False); sync(device)
+            t["build"].append(time.perf_counter() - t0)
+            with PeakMemory(device) as mem["cache"]:
+                t["cache"].append(train_flows(model, tcfg, cache, progress=False).seconds)
+            cache.close(); del cache
+            with PeakMemory(device) as mem["recompute"]:
+                t["recompute"].append(train_flows(model, tcfg, dataset=ds, recompute=True, progress=False).seconds)
+            if files is not None:
+                with PeakMemory(device) as mem["recompute_files"]:
+                    t["recompute_files"].append(train_flows(model, tcfg, dataset=files, recompute=True, progress=False).seconds)
+            print(f"  rep {r}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in t.items() if v), flush=True)
+        n = a.n_train
+        tb, tc, tr = median(t["build"]), median(t["cache"]), median(t["recompute"])
+        rows.append(dict(what="train_from_cache", batch=bs, seconds=tc, images_per_s=n / tc, **mem["cache"].as_dict()))
+        rows.append(dict(what="train_recompute", batch=bs, seconds=tr, images_per_s=n / tr, **mem["recompute"].as_dict()))
+        res["training"] = dict(images=n, build_seconds=tb, cache_pass_seconds=tc, recompute_pass_seconds=tr,
+                               per_pass_speedup=tr / tc, raw=t,
+                               # whole runs: the cache is built once, then every pass reads it
+                               run_speedup={str(E): E * tr / (tb + E * tc) for E in (1, 10, 30, 100)})
         if files is not None:
-            with PeakMemory(device) as mem["recompute_files"]:
-                t["recompute_files"].append(train_flows(model, tcfg, dataset=files, recompute=True, progress=False).seconds)
-        print(f"  rep {r}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in t.items() if v), flush=True)
-    n = a.n_train
-    tb, tc, tr = median(t["build"]), median(t["cache"]), median(t["recompute"])
-    rows.append(dict(what="train_from_cache", batch=bs, seconds=tc, images_per_s=n / tc, **mem["cache"].as_dict()))
-    rows.append(dict(what="train_recompute", batch=bs, seconds=tr, images_per_s=n / tr, **mem["recompute"].as_dict()))
-    res["training"] = dict(images=n, build_seconds=tb, cache_pass_seconds=tc, recompute_pass_seconds=tr,
-                           per_pass_speedup=tr / tc, raw=t,
-                           # whole runs: the cache is built once, then every pass reads it
-                           run_speedup={str(E): E * tr / (tb + E * tc) for E in (1, 10, 30, 100)})
-    if files is not None:
-        tf = median(t["recompute_files"])
-        rows.append(dict(what="train_recompute_files", batch=bs, seconds=tf, images_per_s=n / tf, data_loading_included=True,
-                         **mem["recompute_files"].as_dict()))
-        res["training"].update(recompute_files_pass_seconds=tf, per_pass_speedup_files=tf / tc)
-    for r_ in rows[-3:]: print(r_, flush=True)
+            tf = median(t["recompute_files"])
+            rows.append(dict(what="train_recompute_files", batch=bs, seconds=tf, images_per_s=n / tf, data_loading_included=True,
+                             **mem["recompute_files"].as_dict()))
+            res["training"].update(recompute_files_pass_seconds=tf, per_pass_speedup_files=tf / tc)
+        for r_ in rows[-3:]: print(r_, flush=True)
 
-    # 3. inference: images -> image score, mul map and add map at the input size
-    model.eval()
-    score_maps = torch.compile(model.score_maps, dynamic=False) if a.compile else model.score_maps
-    for b in a.batches:
-        x = torch.rand(b, 3, H, W, device=device)
-        def infer():
-            with amp(): score_maps(x)
-        with torch.no_grad(), PeakMemory(device) as mem:
-            ts = timeit(infer, device, reps=a.reps)
-        t = median(ts)
-        rows.append(dict(what="inference", batch=b, seconds=t, latency_ms=1000 * t, images_per_s=b / t, **mem.as_dict()))
-        print(rows[-1], flush=True)
-        del x
+        # 3. inference: images -> image score, mul map and add map at the input size
+        model.eval()
+        score_maps = torch.compile(model.score_maps, dynamic=False) if a.compile else model.score_maps
+        for b in a.batches:
+            x = torch.rand(b, 3, H, W, device=device)
+            def infer():
+                with amp(): score_maps(x)
+            with torch.no_grad(), PeakMemory(device) as mem:
+                ts = timeit(infer, device, reps=a.reps)
+            t = median(ts)
+            rows.append(dict(what="inference", batch=b, seconds=t, latency_ms=1000 * t, images_per_s=b / t, **mem.as_dict()))
+            print(rows[-1], flush=True)
+            del x
     # 4. memory layout: the same model in NCHW against channels-last (msflow's default), interleaved
     if a.layouts:
         import copy
@@ -217,12 +246,61 @@ def main(argv=None):
                        for k, v in mp.items()}
         res["maps"]["speedup"] = {w: median(mp["interpolate"][w]) / median(mp["matmul"][w]) for w in ("maps", "infer")}
         print("maps:", {k: {kk: vv for kk, vv in v.items() if kk != "raw"} for k, v in res["maps"].items()}, flush=True)
+    # 7. this msflow against the one in another checkout (same weights, same cached features), interleaved
+    if a.against:
+        other = import_other(a.against)
+        seed_everything(0)
+        om = other.model.MSFlow(other.core.get_config(a.preset, **over)).to(device)
+        model.load_state_dict(om.state_dict())  # older state dicts load into this version (renamed where needed)
+        imgs = Images(a.n_train, (H, W))
+        caches = dict(this=FeatureCache.build(model, imgs, bs, device, progress=False),
+                      other=other.train.FeatureCache.build(om, imgs, bs, device, progress=False))
+        fns = dict(this=(model, train_flows), other=(om, other.train.train_flows))
+        x = torch.rand(8, 3, H, W, device=device)
+        vs = dict(this=dict(train=[], infer=[]), other=dict(train=[], infer=[]))
+        for r in range(max(3, a.train_reps)):
+            for name, (m, tf) in (fns.items() if r % 2 == 0 else reversed(fns.items())):
+                vs[name]["train"].append(tf(m, tcfg, caches[name], progress=False).seconds)
+                m.eval()
+                with torch.no_grad(), amp():
+                    vs[name]["infer"] += timeit(lambda: m.score_maps(x), device, reps=a.reps)
+        for c in caches.values(): c.close()
+        res["against"] = dict(other_path=os.path.abspath(a.against), other_commit=git_commit(a.against), this_commit=git_commit("."),
+                              **{k: dict(train_pass_seconds=median(v["train"]), inference_images_per_s=8 / median(v["infer"]), raw=v)
+                                 for k, v in vs.items()})
+        res["against"]["ratio_this_over_other"] = dict(
+            train_pass_seconds=median(vs["this"]["train"]) / median(vs["other"]["train"]),
+            inference_seconds=median(vs["this"]["infer"]) / median(vs["other"]["infer"]))
+        print("against:", {k: v for k, v in res["against"].items() if k not in ("this", "other")} | {k: {kk: vv for kk, vv in res["against"][k].items() if kk != "raw"} for k in ("this", "other")}, flush=True)
+    # 8. the coupling's split and merge: nflows' generic index gather/scatter against contiguous slices (the default)
+    if a.split_merge:
+        from nflows.transforms.coupling import CouplingTransform
+        from msflow.flows import MSFlowCoupling
+        ours = MSFlowCoupling.forward, MSFlowCoupling.inverse
+        imgs = Images(a.n_train, (H, W))
+        cache = FeatureCache.build(model, imgs, bs, device, progress=False)
+        x = torch.rand(8, 3, H, W, device=device)
+        sm = dict(nflows=dict(train=[], infer=[]), slices=dict(train=[], infer=[]))
+        for r in range(max(3, a.train_reps)):
+            for name in (("nflows", "slices") if r % 2 == 0 else ("slices", "nflows")):
+                MSFlowCoupling.forward, MSFlowCoupling.inverse = ours if name == "slices" else (CouplingTransform.forward, CouplingTransform.inverse)
+                sm[name]["train"].append(train_flows(model, tcfg, cache, progress=False).seconds)
+                model.eval()
+                with torch.no_grad(), amp():
+                    sm[name]["infer"] += timeit(lambda: model.score_maps(x), device, reps=a.reps)
+        MSFlowCoupling.forward, MSFlowCoupling.inverse = ours
+        cache.close()
+        res["split_merge"] = {k: dict(train_pass_seconds=median(v["train"]), inference_images_per_s=8 / median(v["infer"]), raw=v)
+                              for k, v in sm.items()}
+        res["split_merge"]["speedup_of_slices"] = {w: median(sm["nflows"][w]) / median(sm["slices"][w]) for w in ("train", "infer")}
+        print("split_merge:", res["split_merge"]["speedup_of_slices"], flush=True)
     env["loadavg_end"] = loadavg()
     path = write_result(a.name or f"speed_{a.preset}_{device.type}" + ("" if a.amp == "off" else f"_{a.amp}")
                         + ("_backbone" if a.backbone_amp else "") + ("_compiled" if a.compile else ""), res)
     print()
     print(table(rows, ["what", "batch", "seconds", "images_per_s", "peak_mib", "above_start_mib"]))
-    tr_ = res["training"]
+    tr_ = res.get("training")
+    if tr_ is None: print(f"written {path}"); return
     if "per_pass_speedup_files" in tr_: print(f"\nvs recomputing and reading the files every step: {tr_['per_pass_speedup_files']:.1f}x")
     print(f"training pass from the cache is {tr_['per_pass_speedup']:.1f}x faster than recomputing features "
           f"(whole 100-pass run incl. building the cache: {tr_['run_speedup']['100']:.1f}x)")
