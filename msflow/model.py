@@ -12,11 +12,11 @@ import torch.nn as nn
 from fastcore.basics import patch
 from torch import Tensor
 
-from .anomaly_map import log_likelihoods, score_maps
+from .anomaly_map import score_maps
 from .core import MSFlowConfig, MSFlowError, _size2, get_config
 from .extractor import FeatureExtractor
 from .flows import FusionFlow, build_parallel_flows, count_parameters
-from .loss import msflow_loss
+from .loss import log_likelihoods, msflow_loss
 
 # %% auto #0
 __all__ = ['FlowHead', 'MSFlow']

@@ -120,7 +120,7 @@ class History:
     skipped_steps: int = 0  # fp16 steps skipped by the grad scaler (overflowing scaled gradients)
 
 # %% ../nbs/21_train.ipynb #002c0db7
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "msflow-checkpoint", 1
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "msflow-checkpoint", 2  # 2: the flows' parameters in the order of the nflows-built blocks
 
 def save_checkpoint(path, # the checkpoint file (a .json summary is written beside it)
                     model, opt, scaler, # the model, its optimizer and grad scaler

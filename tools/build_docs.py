@@ -63,7 +63,8 @@ SITE_NAME = "msflow"
 # section in this order; a notebook goes to the first section whose test it passes.
 GROUPS = [
     ("Tutorials", lambda name: name.startswith("tutorial")),
-    ("Model", lambda name: _number(name) is not None and _number(name) < 10),
+    ("Model", lambda name: _number(name) is not None and _number(name) < 6),
+    ("Engineering", lambda name: _number(name) is not None and 6 <= _number(name) < 10),
     ("Data & metrics", lambda name: _number(name) is not None and 10 <= _number(name) < 20),
     ("Engine, deployment & CLI", lambda name: _number(name) is not None and 20 <= _number(name) < 40),
     ("More", lambda name: True),
