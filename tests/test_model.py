@@ -62,3 +62,45 @@ def test_two_heads_resume_to_the_uninterrupted_result(tmp_path):
     assert h.loss == h_ref.loss and h.resumed_at == [1]
     assert not torch.equal(ref.heads[0].parallel_flows[0]._transforms[0].subnet.conv1.weight,
                            ref.heads[1].parallel_flows[0]._transforms[0].subnet.conv1.weight)
+
+
+def test_weights_and_speed_names_stay_importable_from_the_method_modules():
+    "The helpers that live in msflow.weights and msflow.speed are the same objects under msflow.extractor and msflow.anomaly_map."
+    from msflow import anomaly_map, extractor, speed, weights
+    for name in ("BUNDLED", "ReflectConv2dSame", "set_reflect_padding", "read_state_dict", "rename_efficientnet_lite",
+                 "bundled_weights_file", "bundled_state_dict", "load_backbone_weights"):
+        assert getattr(extractor, name) is getattr(weights, name) and name in extractor.__all__, name
+    assert extractor.fold_batchnorm is speed.fold_batchnorm and "fold_batchnorm" in extractor.__all__
+    assert anomaly_map.interp_matrix is speed.interp_matrix and "interp_matrix" in anomaly_map.__all__
+    assert anomaly_map._INTERP is speed._INTERP  # msflow.deploy saves and restores this cache through msflow.anomaly_map
+
+
+def test_maps_upsample_with_the_function_bound_in_anomaly_map(monkeypatch):
+    "The maps call the `_up` of msflow.anomaly_map (bench/speed.py swaps it there), and F.interpolate gives the same maps."
+    import torch.nn.functional as F
+    from msflow import anomaly_map
+    calls = []
+    def interpolate(x, size):
+        calls.append(tuple(x.shape))
+        return F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
+    torch.manual_seed(0)
+    logps = [torch.randn(2, 8, 6, dtype=torch.float64) * 3, torch.randn(2, 4, 3, dtype=torch.float64)]
+    ref = anomaly_map.score_maps(logps, (32, 24))
+    monkeypatch.setattr(anomaly_map, "_up", interpolate)
+    out = anomaly_map.score_maps(logps, (32, 24))
+    assert len(calls) == 4  # two scales for the summed log-likelihood, two for the add map
+    for k in ref: torch.testing.assert_close(out[k], ref[k], rtol=1e-12, atol=1e-12)
+
+
+def test_pretrained_extractor_folds_batchnorm_without_changing_its_features():
+    "The bundled lite extractor runs a copy without BatchNorms whose features equal the plain backbone's to float rounding."
+    from msflow.extractor import FeatureExtractor
+    fx = FeatureExtractor("tf_efficientnet_lite0", "bundled")
+    x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    folded, net = fx(x), fx.inference_backbone()
+    fx.fold_bn = False
+    plain = fx(x)
+    assert net is not fx.backbone and not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    for a, b in zip(folded, plain):
+        assert not torch.equal(a, b)  # a different computation...
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 * b.abs().max().item())  # ...of the same features
