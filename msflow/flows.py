@@ -21,8 +21,8 @@ from torch import Tensor
 from .core import MSFlowConfig, MSFlowError
 
 # %% auto #0
-__all__ = ['positional_encoding_2d', 'CouplingSubnet', 'cond_conv', 'MSFlowCoupling', 'SoftplusAffine', 'AllInOneBlock',
-           'ParallelFlow', 'build_parallel_flows', 'FusionNet', 'FusionSubnet', 'FusionFlow', 'count_parameters']
+__all__ = ['positional_encoding_2d', 'CouplingSubnet', 'MSFlowCoupling', 'SoftplusAffine', 'AllInOneBlock', 'ParallelFlow',
+           'build_parallel_flows', 'FusionNet', 'FusionSubnet', 'FusionFlow', 'count_parameters']
 
 # %% ../nbs/02_flows.ipynb #80cee33c
 def _pe_float32(channels: int, h: int, w: int) -> Tensor:
@@ -74,16 +74,8 @@ class CouplingSubnet(nn.Module):
         self.ln = nn.LayerNorm(d)
         self.conv2 = nn.Conv2d(d, out_channels, 3, 1, 1)
 
-# %% ../nbs/02_flows.ipynb #84123fd3
-def cond_conv(conv: nn.Conv2d,  # a convolution whose input is the concatenation [x, context]
-              x: Tensor,  # (B, C_x, H, W)
-              context: Tensor,  # (1 or B, C_c, H, W)
-             ) -> Tensor:
-    "`conv(torch.cat([x, context], 1))`, with the context's part computed once per batch on the CPU."
-    if x.is_cuda or context.shape[0] != 1:  # GPUs are launch-bound here: one convolution of the concatenation
-        return conv(torch.cat([x, context.expand(x.shape[0], -1, -1, -1)], 1))
-    n, w = x.shape[1], conv.weight  # CPUs are compute-bound: convolve the (batch-1) condition once
-    return F.conv2d(x, w[:, :n], conv.bias, padding=conv.padding) + F.conv2d(context, w[:, n:], None, padding=conv.padding)
+# %% ../nbs/02_flows.ipynb #0020b57d
+from .speed import cond_conv  # conv(cat([x, context])), the context's part once per batch on the CPU
 
 @patch
 def forward(self: CouplingSubnet, x: Tensor, context: Tensor | None = None) -> Tensor:

@@ -9,11 +9,12 @@ import copy
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .core import _size2
 
 # %% auto #0
-__all__ = ['fold_batchnorm', 'interp_matrix']
+__all__ = ['fold_batchnorm', 'interp_matrix', 'cond_conv']
 
 # %% ../nbs/07_speed.ipynb #4ca5b47a
 def _prune(backbone: nn.Module) -> None:
@@ -94,3 +95,14 @@ def _up(x: torch.Tensor, size) -> torch.Tensor:
     if x.dtype in (torch.float16, torch.bfloat16): x = x.float()
     (h, w), (H, W) = x.shape[-2:], _size2(size)
     return interp_matrix(h, H, x.device, x.dtype) @ (x @ interp_matrix(w, W, x.device, x.dtype).T)
+
+# %% ../nbs/07_speed.ipynb #33d10b85
+def cond_conv(conv: nn.Conv2d,  # a convolution whose input is the concatenation [x, context]
+              x: torch.Tensor,  # (B, C_x, H, W)
+              context: torch.Tensor,  # (1 or B, C_c, H, W)
+             ) -> torch.Tensor:
+    "`conv(torch.cat([x, context], 1))`, with the context's part computed once per batch on the CPU."
+    if x.is_cuda or context.shape[0] != 1:  # GPUs are launch-bound here: one convolution of the concatenation
+        return conv(torch.cat([x, context.expand(x.shape[0], -1, -1, -1)], 1))
+    n, w = x.shape[1], conv.weight  # CPUs are compute-bound: convolve the (batch-1) condition once
+    return F.conv2d(x, w[:, :n], conv.bias, padding=conv.padding) + F.conv2d(context, w[:, n:], None, padding=conv.padding)
