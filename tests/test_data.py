@@ -342,3 +342,26 @@ def test_demo_dataset_deterministic_and_exact(tmp_path):
             m = read_mask(a / "grass/ground_truth" / Path(rel).parent.name / (Path(rel).stem + "_mask.png"))
             assert m.any() and np.array_equal(m, changed)
     assert set(DEMO_CATEGORIES) == {"brick", "grass", "gravel"}
+
+
+# ----------------------------------------------------------------------------- msflow.images and msflow.data
+OLD_DATA_NAMES = ['IMAGE_EXTENSIONS', 'DataError', 'DataWarning', 'BadImagesError', 'is_image_file', 'read_image', 'read_mask',
+                  'resize_image', 'image_to_tensor', 'mask_to_tensor', 'list_images', 'bad_files_message', 'find_bad_images',
+                  'check_images', 'Sample', 'list_categories', 'scan_category', 'split_train_val', 'MVTecDataset',
+                  'image_size', 'keep_aspect_size', 'collate', 'describe_dataset', 'ImageFolder']
+
+
+def test_data_still_exports_the_image_file_names():
+    "The image-file half lives in msflow.images; every name msflow.data exported is still there, as the same object."
+    import msflow.data as data, msflow.images as images
+    assert set(OLD_DATA_NAMES) <= set(data.__all__) and all(hasattr(data, n) for n in data.__all__)
+    for n in images.__all__: assert getattr(data, n) is getattr(images, n), n
+    assert issubclass(data.BadImagesError, data.DataError) and issubclass(data.DataError, MSFlowError)
+
+
+def test_images_module_leaves_torch_out():
+    "Reading and checking image files needs no torch (so `msflow download` can use it and still start fast)."
+    import subprocess, sys
+    r = subprocess.run([sys.executable, "-c", "import sys, msflow.images; print('torch' in sys.modules)"],
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stdout + r.stderr[-2000:]

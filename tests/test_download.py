@@ -511,3 +511,118 @@ def test_python_m_entry_point(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("msflow: error: archive")
     assert "does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+# ----------------------------------------------------------------------------- links: refused on every Python
+def test_link_chain_cannot_escape_without_the_data_filter(monkeypatch, tmp_path):
+    "As on a Python without tarfile's data filter (3.10 before 3.10.12): links that each look inside, chained, must not escape."
+    entries = [("x/readme.txt", b"ok"), ("x/l", (tarfile.SYMTYPE, "..")), ("x/l/y", (tarfile.SYMTYPE, "..")),
+               ("x/l/y/evil.txt", b"gotcha")]
+    arc = evil_tar(tmp_path / "chain.tar", entries)
+    # the archive is a real escape: unpacked without any check, evil.txt lands beside the target folder
+    naive = tmp_path / "naive" / "dest"; naive.mkdir(parents=True)
+    with tarfile.open(arc) as tf: tf.extractall(naive, **({"filter": "fully_trusted"} if hasattr(tarfile, "data_filter") else {}))
+    assert (tmp_path / "naive" / "evil.txt").read_bytes() == b"gotcha"
+    # msflow's checks alone, with the data filter gone (and no default filter, as on Python 3.14)
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    if hasattr(tarfile, "fully_trusted_filter"):
+        monkeypatch.setattr(tarfile.TarFile, "extraction_filter", staticmethod(tarfile.fully_trusted_filter), raising=False)
+    calls, real = [], tarfile.TarFile.extract
+    def extract(self, member, path="", **kw):
+        calls.append((member.name, kw.get("filter"))); return real(self, member, path, **kw)
+    monkeypatch.setattr(tarfile.TarFile, "extract", extract)
+    out = tmp_path / "safe" / "dest"
+    with pytest.raises(dl.ArchiveError) as e: dl.safe_extract(arc, out)
+    s = one_line(e)
+    assert s.startswith(f"refusing to unpack '{arc}': its entry 'x/l' is a symbolic link to '..'")
+    assert calls == [("x/readme.txt", None)]  # the path without the filter was taken, and stopped at the first link
+    assert sorted(p.relative_to(tmp_path / "safe").as_posix() for p in (tmp_path / "safe").rglob("*")) == ["dest", "dest/x", "dest/x/readme.txt"]
+    # through download: the same one-line error naming the archive and the member; nothing outside, nothing complete
+    monkeypatch.setitem(dl.DATASETS, "visa", dataclasses.replace(dl.DATASETS["visa"], sha256=None))
+    root = tmp_path / "deep" / "data"
+    with pytest.raises(MSFlowError) as e: dl.download("visa", root, archive=arc, **QUIET)
+    s = one_line(e)
+    assert f"refusing to unpack '{arc}': its entry 'x/l' is a symbolic link" in s and "--archive FILE" in s
+    assert [p for p in tmp_path.rglob("evil.txt") if "naive" not in p.parts] == []
+    assert_nothing_complete(root, "visa")
+
+
+def link_zip(path: Path, name="a/up", target="..") -> Path:
+    "A zip whose entry `name` is a symbolic link (by its unix attributes) to `target`."
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a/ok.txt", "ok")
+        zi = zipfile.ZipInfo(name); zi.external_attr = (0o120777 << 16)
+        zf.writestr(zi, target)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["inside symlink", "inside hard link", "zip symlink", "zip symlink inside"])
+def test_every_link_refused(tmp_path, kind):
+    "Links are refused even where they stay inside the folder: the datasets' archives hold none."
+    if kind == "inside symlink": arc = evil_tar(tmp_path / "a.tar", [("a/x.txt", b"x"), ("a/link", (tarfile.SYMTYPE, "x.txt"))])
+    elif kind == "inside hard link": arc = evil_tar(tmp_path / "a.tar", [("a/x.txt", b"x"), ("a/link", (tarfile.LNKTYPE, "a/x.txt"))])
+    elif kind == "zip symlink": arc = link_zip(tmp_path / "a.zip")
+    else: arc = link_zip(tmp_path / "a.zip", "a/link", "ok.txt")
+    with pytest.raises(dl.ArchiveError) as e: dl.safe_extract(arc, tmp_path / "out")
+    s = one_line(e)
+    member = "a/up" if kind == "zip symlink" else "a/link"
+    assert f"refusing to unpack '{arc}': its entry '{member}' is a" in s and "link" in s and "outside the target folder" in s
+    assert not any(p.is_symlink() for p in tmp_path.rglob("*"))
+
+
+def test_a_link_already_in_the_target_is_not_followed(tmp_path):
+    outside, dest = tmp_path / "outside", tmp_path / "dest"
+    outside.mkdir(); dest.mkdir()
+    (dest / "candle").symlink_to(outside, target_is_directory=True)
+    arc = evil_tar(tmp_path / "plain.tar", [("candle/x.txt", b"x")])
+    with zipfile.ZipFile(tmp_path / "plain.zip", "w") as zf: zf.writestr("candle/x.txt", "x")
+    for a in (arc, tmp_path / "plain.zip"):
+        with pytest.raises(dl.ArchiveError, match="'candle/x.txt' would land outside the target folder"): dl.safe_extract(a, dest)
+    assert list(outside.iterdir()) == []
+
+
+def test_download_reads_the_network_settings_of_this_module(monkeypatch, tmp_path):
+    "`msflow.download`'s RETRIES, TIMEOUT and opener are the ones `download` uses, as before the fetch machinery moved."
+    import urllib.error
+    seen = []
+    class Opener:
+        def open(self, req, timeout): seen.append((req.full_url, timeout)); raise urllib.error.URLError("no route (test)")
+    monkeypatch.setattr(dl, "_opener", lambda url: Opener())
+    monkeypatch.setattr(dl, "TIMEOUT", 7)
+    url = "http://127.0.0.1:9/visa.tar"
+    monkeypatch.setitem(dl.DATASETS, "visa", dataclasses.replace(dl.DATASETS["visa"], url=url, size=0.001))
+    with pytest.raises(MSFlowError, match="cannot reach"): dl.download("visa", tmp_path / "data", **QUIET)
+    assert seen == [(url, 7)]
+
+
+def test_fetch_and_download_modules_leave_torch_out():
+    "`msflow download --list` must start fast: neither module imports torch (or the data sets' module)."
+    r = subprocess.run([sys.executable, "-c", "import sys, msflow.download, msflow.fetch; "
+                        "print(sorted(m for m in ('torch', 'msflow.data') if m in sys.modules))"],
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("code, message", [("ENOSPC", "no space left on the disk of"), ("EACCES", "cannot write"), ("EIO", None)])
+def test_disk_errors_are_one_line(server, monkeypatch, tmp_path, code, message):
+    "A full or read-only disk while unpacking is one line naming the folder; other OS errors are not disguised."
+    import errno
+    serve(server, monkeypatch, "magnetic-tile", mtd_archive(tmp_path), sha=False)
+    def convert(raw, out, categories, log): raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(out))
+    monkeypatch.setitem(dl.DATASETS, "magnetic-tile", dataclasses.replace(dl.DATASETS["magnetic-tile"], convert=convert))
+    root = tmp_path / "data"
+    if message is None:
+        with pytest.raises(OSError) as e: dl.download("magnetic-tile", root, **QUIET)
+        assert not isinstance(e.value, MSFlowError) and e.value.errno == errno.EIO
+    else:
+        with pytest.raises(MSFlowError, match=message) as e: dl.download("magnetic-tile", root, **QUIET)
+        assert "--root" in one_line(e)
+    assert_nothing_complete(root, "magnetic-tile")
+
+
+def test_not_enough_disk_space_is_refused_before_downloading(server, monkeypatch, tmp_path):
+    serve(server, monkeypatch, "visa", visa_archive(tmp_path))
+    monkeypatch.setitem(dl.DATASETS, "visa", dataclasses.replace(dl.DATASETS["visa"], size=1e9))  # an exabyte
+    server.requests.clear()
+    with pytest.raises(MSFlowError, match="not enough disk space in") as e: dl.download("visa", tmp_path / "data", categories=["candle"], **QUIET)
+    assert "choose another --root" in one_line(e) and server.requests == []
