@@ -11,11 +11,10 @@ import traceback
 import warnings
 from pathlib import Path
 
-from .core import PRESETS, MSFlowError
-from .cluster import add_cluster_options
+from .core import PRESETS, MSFlowError  # torch-free: torch is imported inside the functions that use it
 
 # %% auto #0
-__all__ = ['DEMO_EPOCHS', 'build_parser', 'run', 'main']
+__all__ = ['CLUSTERS', 'DEMO_EPOCHS', 'add_cluster_options', 'add_export_parser', 'build_parser', 'run', 'main']
 
 # %% ../nbs/30_cli.ipynb #7291a4ec
 def _size(s: str):
@@ -28,6 +27,22 @@ def _size(s: str):
 
 def _blocks(s: str): return tuple(int(p) for p in s.split(","))
 
+# %% ../nbs/30_cli.ipynb #b7c1e2a0
+def _backbone_amp_option(g):
+    g.add_argument("--backbone-amp", action="store_const", const=True, default=None,
+                   help="run the frozen backbone under --amp too (faster; features then differ from float32 ones, "
+                        "so use it for training and scoring alike)")
+
+def _compile_option(g):
+    g.add_argument("--compile", action="store_const", const=True, default=None,
+                   help="run the flows and scoring through torch.compile (pays on a GPU, with CUDA graphs; "
+                        "on a CPU the first minute or two goes to compiling)")
+
+def _common(p):
+    p.add_argument("--quiet", action="store_true", help="no progress bars or messages, only results")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+
+# %% ../nbs/30_cli.ipynb #7291a4ed
 def _model_options(p: argparse.ArgumentParser):
     g = p.add_argument_group("model and training (default: the preset's value)")
     g.add_argument("--preset", default="lite", choices=list(PRESETS), help="lite: the official method on EfficientNet-Lite0 at 256 px, CPU-friendly and offline; paper: the official WideResNet-50-2 at 512 px; "
@@ -55,16 +70,12 @@ def _model_options(p: argparse.ArgumentParser):
     g.add_argument("--num-workers", type=int, help="data-loading worker processes")
     _compile_option(g)
 
-def _backbone_amp_option(g):
-    g.add_argument("--backbone-amp", action="store_const", const=True, default=None,
-                   help="run the frozen backbone under --amp too (faster; features then differ from float32 ones, "
-                        "so use it for training and scoring alike)")
+_CFG_KEYS = ["backbone", "weights", "input_size", "aspect", "epochs", "batch_size", "lr", "parallel_blocks", "fusion", "heads", "top_k", "amp",
+             "val_fraction", "threshold_quantile", "cache_dtype", "cache_budget_gb", "device", "seed", "num_workers", "compile", "backbone_amp"]
 
-def _compile_option(g):
-    g.add_argument("--compile", action="store_const", const=True, default=None,
-                   help="run the flows and scoring through torch.compile (pays on a GPU, with CUDA graphs; "
-                        "on a CPU the first minute or two goes to compiling)")
+def _overrides(a) -> dict: return {k: getattr(a, k) for k in _CFG_KEYS if getattr(a, k, None) is not None}
 
+# %% ../nbs/30_cli.ipynb #e5d0a3c9
 def _scoring_options(p):
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", choices=["off", "bf16", "fp16"], help="mixed precision of the flows for scoring (default: as trained; "
@@ -77,15 +88,37 @@ def _scoring_options(p):
 def _runtime(a) -> dict: return dict(amp=a.amp, backbone_amp=a.backbone_amp, batch_size=a.batch_size, num_workers=a.num_workers,
                                      compile=a.compile)
 
-_CFG_KEYS = ["backbone", "weights", "input_size", "aspect", "epochs", "batch_size", "lr", "parallel_blocks", "fusion", "heads", "top_k", "amp",
-             "val_fraction", "threshold_quantile", "cache_dtype", "cache_budget_gb", "device", "seed", "num_workers", "compile", "backbone_amp"]
+# %% ../nbs/30_cli.ipynb #5d3e9b17
+CLUSTERS = ("local", "ray", "auto")  # and "ray://HOST:PORT"
 
-def _overrides(a) -> dict: return {k: getattr(a, k) for k in _CFG_KEYS if getattr(a, k, None) is not None}
+def _cluster_arg(s: str) -> str:
+    if s in CLUSTERS or (s.startswith("ray://") and len(s) > 6): return s
+    raise argparse.ArgumentTypeError(f"--cluster must be local, ray, auto or ray://HOST:PORT, not {s!r}")
 
-def _common(p):
-    p.add_argument("--quiet", action="store_true", help="no progress bars or messages, only results")
-    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+def _positive_int(s: str) -> int:
+    try: v = int(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 1: raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
 
+def add_cluster_options(group, # an `argparse.ArgumentParser` or one of its argument groups
+                       ):
+    "Add `--cluster`, `--cpus-per-task` and `--actors` (for `train_categories` and `predict_cluster`) to `group`."
+    group.add_argument("--cluster", type=_cluster_arg, default="local", metavar="WHERE",
+                       help="where to run: 'local' (default: in this process, one category after another), 'ray' (start a "
+                            "Ray cluster on this machine for the command and stop it at the end), 'auto' (join the Ray "
+                            "cluster running on this machine) or 'ray://HOST:PORT' (join a remote one). On Ray each category "
+                            "is one task and a task whose worker dies is retried, resuming from its last checkpoint; the "
+                            "data root and the output folder must be paths every worker can read and write (a shared "
+                            "file system), and msflow must be installed on every node")
+    group.add_argument("--cpus-per-task", type=_positive_int, default=1, metavar="N",
+                       help="CPUs, and PyTorch threads, for each category being trained (default 1: on Ray, as many "
+                            "categories at once as the cluster has CPUs; locally, one thread). On the CPU a category "
+                            "gives bitwise the same model wherever it runs with the same N")
+    group.add_argument("--actors", type=_positive_int, default=None, metavar="N",
+                       help="predict on Ray: number of model replicas scoring in parallel (default: one per GPU, or "
+                            "one per CPU but one, leaving a CPU to read and decode images)")
+    return group
 
 # %% ../nbs/30_cli.ipynb #2f2bb38b
 _TRAIN_FILES = "config.json, model.pt, metrics.json, results.md, history.json, environment.json, roc.png, pro.png, heatmaps/"
@@ -136,8 +169,8 @@ def _predict_parser(sub):
     r = sub.add_parser("predict", help="score images or folders with a saved run (or an exported .onnx file)",
                        description="Score image files or folders of images (searched recursively; any size or format Pillow reads). "
                                    "Writes OUT/scores.csv with one row per image: path, score (the official image score: mean of the "
-                                   "top 3 %% of the mul map, in [0, 1); it saturates at 1.000000 on strongly anomalous images), anomalous "
-                                   "(yes/no at the run's stored image threshold) and raw_score (the same top-3 %% mean over the raw "
+                                   "top 3 % of the mul map, in [0, 1); it saturates at 1.000000 on strongly anomalous images), anomalous "
+                                   "(yes/no at the run's stored image threshold) and raw_score (the same top-3 % mean over the raw "
                                    "negative log-likelihood map, in nats: it keeps ranking images whose score saturates); and "
                                    "OUT/heatmaps/NAME.png overlays. Files without an image extension are left out, with one line naming them.")
     r.add_argument("--run", required=True, type=Path, help="run folder, its model.pt, or an exported .onnx file")
@@ -148,6 +181,34 @@ def _predict_parser(sub):
     r.add_argument("--no-heatmaps", action="store_true", help="write scores.csv only")
     _scoring_options(r); _backend_option(r); add_cluster_options(r.add_argument_group("large image sets (Ray)")); _common(r)
     return r
+
+# %% ../nbs/30_cli.ipynb #e004322b
+def _batch_arg(s) -> int | None:
+    "`--batch`: a positive integer, or 'dynamic' (None)."
+    if s is None or str(s).lower() == "dynamic": return None
+    try: n = int(s)
+    except ValueError: n = 0
+    if n < 1 or str(n) != str(s).strip(): raise argparse.ArgumentTypeError(f"expected a positive integer or 'dynamic', got {s!r}")
+    return n
+
+def add_export_parser(sub, # the subparsers of the `msflow` parser (`parser.add_subparsers()`)
+                     ) -> argparse.ArgumentParser: # the `export` parser
+    "Add `msflow export --run RUN [--out FILE.onnx] [--batch N|dynamic] [--quiet] [--debug]`."
+    x = sub.add_parser("export", help="export a run to one ONNX file for ONNX Runtime (deployment without PyTorch)",
+                       description="Write the whole scoring path of a run (uint8 RGB images (N, H, W, 3) at the run's input size -> "
+                                   "/255 -> normalisation -> backbone -> flows -> scores and maps) into one self-contained .onnx "
+                                   "file, weights included, in float32. Its metadata holds what scoring needs: input size, resize "
+                                   "filter (Lanczos), layout, output names (score, raw_score, mul, add, raw), the image and pixel "
+                                   "thresholds and the configuration. The export is checked against PyTorch before it is written "
+                                   "(atomically), then loaded back and compared again; the result is printed. Score it with "
+                                   "`msflow predict --run FILE.onnx ...`, msflow.engine.load(FILE.onnx), or ONNX Runtime alone.")
+    x.add_argument("--run", required=True, type=Path, help="run folder, or its model.pt, written by `msflow train`")
+    x.add_argument("--out", type=Path, help="the .onnx file to write, replaced if it exists (default: RUN/model.onnx)")
+    x.add_argument("--batch", type=_batch_arg, default=None, metavar="N|dynamic",
+                   help="fixed batch size of the graph, or dynamic: any batch size (default: dynamic)")
+    x.add_argument("--quiet", action="store_true", help="no progress messages, only the results")
+    x.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return x
 
 # %% ../nbs/30_cli.ipynb #8ca08455
 def _demo_parser(sub):
@@ -170,7 +231,6 @@ def _describe_parser(sub):
 def build_parser() -> argparse.ArgumentParser:
     "The `msflow` argument parser with its subcommands."
     import msflow
-    from msflow.deploy import add_export_parser
     from msflow.download import add_download_parser
     p = argparse.ArgumentParser(prog="msflow", description="MSFlow: multi-scale normalizing flows for unsupervised anomaly detection and localization. "
                                 "Train on defect-free images of a category (MVTec AD folder layout), evaluate, and score new images.",
@@ -209,6 +269,7 @@ def _run_train(a, progress, log) -> int:
     for name, why in failed.items(): print(f"msflow: error: {name}: {why}", file=sys.stderr)
     return 1 if failed else 0
 
+# %% ../nbs/30_cli.ipynb #6dccd31b
 def _backend(a) -> str:
     "torch or onnxruntime: `--backend`, with auto resolved (ONNX Runtime on the CPU unless a PyTorch-only option is given)."
     if Path(a.run).suffix.lower() == ".onnx": return "onnxruntime"
@@ -230,6 +291,7 @@ def _load(a, log=lambda *x, **k: None):
     try: return onnx_detector(det, cache_dir=run_dir)
     except OSError: return onnx_detector(det)  # a read-only run folder: cache in the temporary folder
 
+# %% ../nbs/30_cli.ipynb #6dccd31c
 def _run_predict(a, progress, log) -> int:
     from msflow import engine
     if a.cluster != "local":
@@ -260,13 +322,14 @@ def _run_demo(a, progress, log) -> int:
           f"next: msflow predict --run {run_dir} {root / cat / 'test'} --out {a.out / 'predictions'}")
     return 0
 
+# %% ../nbs/30_cli.ipynb #6dccd31d
 def run(a) -> int:
     "Carry out parsed arguments; returns the exit status."
-    from msflow import engine
     progress = not a.quiet
     log = (lambda *x, **k: None) if a.quiet else (lambda *x, **k: print(*x, **k, file=sys.stderr))
     if a.command == "train": return _run_train(a, progress, log)
     if a.command == "test":
+        from msflow import engine
         metrics = engine.evaluate(_load(a, log), a.data_root, a.category, a.out, progress, log=log)
         print(engine.results_table(metrics, f"{a.category}: {a.run}"))
         return 0

@@ -32,8 +32,7 @@ from .model import MSFlow
 
 # %% auto #0
 __all__ = ['ONNX_FORMAT', 'ONNX_FORMAT_VERSION', 'INPUT_NAME', 'OUTPUTS', 'OPSET', 'CHECK_RTOL', 'ONNX_RUNTIME_OPTIONS',
-           'ScoringGraph', 'model_hash', 'export_onnx', 'OnnxDetector', 'load_onnx', 'onnx_detector',
-           'add_export_parser', 'run_export']
+           'ScoringGraph', 'model_hash', 'export_onnx', 'OnnxDetector', 'load_onnx', 'onnx_detector', 'run_export']
 
 # %% ../nbs/23_deploy.ipynb #f1e1a5f4
 ONNX_FORMAT, ONNX_FORMAT_VERSION = "msflow-onnx", 1  # written into every exported file's metadata, checked by `load_onnx`
@@ -377,39 +376,20 @@ def onnx_detector(det: Detector, # a loaded PyTorch detector
     return load_onnx(path, device, **rt)
 
 # %% ../nbs/23_deploy.ipynb #e004322a
-def _batch_arg(s) -> int | None:
-    "`--batch`: a positive integer, or 'dynamic' (None)."
-    if s is None or str(s).lower() == "dynamic": return None
-    try: n = int(s)
-    except ValueError: n = 0
-    if n < 1 or str(n) != str(s).strip(): raise argparse.ArgumentTypeError(f"expected a positive integer or 'dynamic', got {s!r}")
-    return n
-
-def add_export_parser(sub, # the subparsers of the `msflow` parser (`parser.add_subparsers()`)
-                     ) -> argparse.ArgumentParser: # the `export` parser
-    "Add `msflow export --run RUN [--out FILE.onnx] [--batch N|dynamic] [--quiet] [--debug]`."
-    x = sub.add_parser("export", help="export a run to one ONNX file for ONNX Runtime (deployment without PyTorch)",
-                       description="Write the whole scoring path of a run (uint8 RGB images (N, H, W, 3) at the run's input size -> "
-                                   "/255 -> normalisation -> backbone -> flows -> scores and maps) into one self-contained .onnx "
-                                   "file, weights included, in float32. Its metadata holds what scoring needs: input size, resize "
-                                   "filter (Lanczos), layout, output names (score, raw_score, mul, add, raw), the image and pixel "
-                                   "thresholds and the configuration. The export is checked against PyTorch before it is written "
-                                   "(atomically), then loaded back and compared again; the result is printed. Score it with "
-                                   "`msflow predict --run FILE.onnx ...`, msflow.engine.load(FILE.onnx), or ONNX Runtime alone.")
-    x.add_argument("--run", required=True, type=Path, help="run folder, or its model.pt, written by `msflow train`")
-    x.add_argument("--out", type=Path, help="the .onnx file to write, replaced if it exists (default: RUN/model.onnx)")
-    x.add_argument("--batch", type=_batch_arg, default=None, metavar="N|dynamic",
-                   help="fixed batch size of the graph, or dynamic: any batch size (default: dynamic)")
-    x.add_argument("--quiet", action="store_true", help="no progress messages, only the results")
-    x.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    return x
+def __getattr__(name):
+    "`add_export_parser`, defined in `msflow.cli`, imported from there on first use (importing this module does not import the CLI)."
+    if name == "add_export_parser":
+        from msflow.cli import add_export_parser
+        return add_export_parser
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 def run_export(args, # parsed `msflow export` arguments: run, out, batch, quiet
               ) -> int: # exit status: 0, or 1 if the exported scores differ from PyTorch's
     "Carry out `msflow export`: export the run, load the file back, compare with PyTorch; print the file, its size and the comparison."
     quiet = getattr(args, "quiet", False)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    batch = _batch_arg(args.batch) if isinstance(args.batch, str) else args.batch
+    batch = args.batch  # an int, or None for any batch size, as `--batch` parses it ("N" or "dynamic" when set by hand)
+    if isinstance(batch, str): batch = None if batch.strip().lower() == "dynamic" else int(batch)
     run = Path(args.run)
     det = load_detector(run, "cpu", amp="off", backbone_amp=False, compile=False)  # the float32 path the graph holds
     out = Path(args.out) if getattr(args, "out", None) else (run if run.is_dir() else run.parent) / "model.onnx"
