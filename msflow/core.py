@@ -51,6 +51,8 @@ class MSFlowConfig:
     cond_channels: int = 64  # channels of the positional encoding
     fusion: bool = True  # use the fusion flow (False: ablation)
     heads: int = 1  # flow heads trained side by side from different initial weights; scores average their log-likelihoods
+    coupling_kernels: tuple = (3, 3)  # kernel sizes of the parallel flows' coupling networks (msflow's option; (1, 1): per-pixel flows)
+    fine_pool_stride: int = 2  # stride of the finest scale's 3x3 pool (msflow's option; 1: the finest map at the backbone's resolution)
     top_k: float = 0.03  # fraction of pixels averaged into the image score
     epochs: int = 100  # passes over train/good
     batch_size: int = 8
@@ -85,11 +87,15 @@ def _check(self: MSFlowConfig):
     self.input_size = _size2(self.input_size)
     self.out_indices = tuple(int(i) for i in self.out_indices)
     self.parallel_blocks = tuple(int(b) for b in self.parallel_blocks)
+    self.coupling_kernels = tuple(int(k) for k in self.coupling_kernels)
     self.milestones = tuple(float(m) for m in self.milestones)
     if len(self.parallel_blocks) != len(self.out_indices):
         raise MSFlowError(f"parallel_blocks {self.parallel_blocks} needs one depth per stage in out_indices {self.out_indices}")
     for name, allowed in _CHOICES.items():
         if getattr(self, name) not in allowed: raise MSFlowError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+    if len(self.coupling_kernels) != 2 or any(k < 1 or k % 2 == 0 for k in self.coupling_kernels):
+        raise MSFlowError(f"coupling_kernels must be two odd kernel sizes such as (3, 3) or (1, 1), got {self.coupling_kernels}")
+    if self.fine_pool_stride not in (1, 2): raise MSFlowError(f"fine_pool_stride must be 1 or 2, got {self.fine_pool_stride!r}")
     if not 0 < self.top_k <= 1: raise MSFlowError(f"top_k must be in (0, 1], got {self.top_k}")
     if not 0 <= self.val_fraction < 1: raise MSFlowError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
     if isinstance(self.heads, bool) or not isinstance(self.heads, (int, np.integer)) or self.heads < 1:

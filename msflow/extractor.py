@@ -23,9 +23,9 @@ __all__ = ['FeatureExtractor', 'BUNDLED', 'ReflectConv2dSame', 'set_reflect_padd
            'fold_batchnorm']
 
 # %% ../nbs/01_extractor.ipynb #86a0ba22
-_POOLS = {"avg": lambda: nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=True),
-          "max": lambda: nn.MaxPool2d(3, stride=2, padding=1),
-          "none": nn.Identity}
+_POOLS = {"avg": lambda stride=2: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=True),
+          "max": lambda stride=2: nn.MaxPool2d(3, stride=stride, padding=1),
+          "none": lambda stride=2: nn.Identity()}
 
 # %% ../nbs/01_extractor.ipynb #209186a5
 class FeatureExtractor(nn.Module):
@@ -36,6 +36,7 @@ class FeatureExtractor(nn.Module):
                  out_indices: Sequence[int] = (1, 2, 3), # backbone stages to return
                  reflect_padding: bool = False, # pad convolutions by reflection (official WRN50-2) instead of zeros
                  pool: str = "avg", # "avg" or "max" (3x3, stride 2, pad 1) or "none"
+                 fine_pool_stride: int = 2, # stride of the finest scale's pool (msflow's option; 1 keeps its resolution)
                 ):
         super().__init__()
         if pool not in _POOLS: raise MSFlowError(f"pool must be one of {tuple(_POOLS)}, got {pool!r}")
@@ -45,14 +46,15 @@ class FeatureExtractor(nn.Module):
         _prune(net)  # weights first: the checkpoint's unused keys are then only the head's
         if reflect_padding: set_reflect_padding(net)
         net.requires_grad_(False)
-        self.backbone, self.pool = net, _POOLS[pool]()
+        self.backbone, self.pool, self.fine_pool = net, _POOLS[pool](), _POOLS[pool](fine_pool_stride)
         cfg = getattr(net, "pretrained_cfg", None) or {}
         self.mean = tuple(float(v) for v in cfg.get("mean", IMAGENET_DEFAULT_MEAN))
         self.std = tuple(float(v) for v in cfg.get("std", IMAGENET_DEFAULT_STD))
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self.channels = list(net.feature_info.channels())
-        self.strides = [r * (1 if pool == "none" else 2) for r in net.feature_info.reduction()]
+        self.fine_pool_stride = fine_pool_stride
+        self.strides = [r * (1 if pool == "none" else fine_pool_stride if i == 0 else 2) for i, r in enumerate(net.feature_info.reduction())]
         self._sizes = {}  # input size -> map sizes, filled by `feature_sizes`
         self.fold_bn = True  # run a copy with BatchNorm folded into the convolutions (same features, faster)
         self._folded = None  # (key of the weights it was built from, folded copy or None)
@@ -90,7 +92,12 @@ def forward(self: FeatureExtractor, images: torch.Tensor, # (B, 3, H, W) images 
             if "Padding size should be less than" in str(e):
                 raise MSFlowError(f"input {tuple(images.shape[-2:])} is too small for reflect padding in {self.backbone_name}") from e
             raise
-        return [self.pool(f).float() for f in feats]
+        return [self.pool_of(i)(f).float() for i, f in enumerate(feats)]
+
+@patch
+def pool_of(self: FeatureExtractor, scale: int) -> nn.Module:
+    "The pool of a scale: `fine_pool` for the finest (scale 0), `pool` for the others."
+    return self.fine_pool if scale == 0 else self.pool
 
 # %% ../nbs/01_extractor.ipynb #ece6be01
 @patch
@@ -110,7 +117,7 @@ def feature_sizes(self: FeatureExtractor, input_size: int | Sequence[int] # (H, 
                 [*self.backbone.named_parameters(), *self.backbone.named_buffers()]}
         with torch.no_grad():
             outs = functional_call(self.backbone, meta, (torch.empty(1, 3, *hw, device="meta"),))
-            self._sizes[hw] = [tuple(self.pool(o).shape[-2:]) for o in outs]
+            self._sizes[hw] = [tuple(self.pool_of(i)(o).shape[-2:]) for i, o in enumerate(outs)]
     return list(self._sizes[hw])
 
 # %% ../nbs/01_extractor.ipynb #f15636f1
@@ -118,14 +125,15 @@ def feature_sizes(self: FeatureExtractor, input_size: int | Sequence[int] # (H, 
 def extra_repr(self: FeatureExtractor) -> str:
     "The settings shown in the module's printout: backbone, weights, channels, strides, padding, pooling."
     return (f"backbone={self.backbone_name!r}, weights={self.weights_source!r}, channels={self.channels}, "
-            f"strides={self.strides}, reflect_padding={self.reflect_padding}, pool={self.pool_type!r}")
+            f"strides={self.strides}, reflect_padding={self.reflect_padding}, pool={self.pool_type!r}"
+            + (f", fine_pool_stride={self.fine_pool_stride}" if self.fine_pool_stride != 2 else ""))
 
 # %% ../nbs/01_extractor.ipynb #e16290b4
 @patch(cls_method=True)
-def from_config(cls: FeatureExtractor, cfg: MSFlowConfig # uses backbone, weights, out_indices, reflect_padding, pool
+def from_config(cls: FeatureExtractor, cfg: MSFlowConfig # uses backbone, weights, out_indices, reflect_padding, pool, fine_pool_stride
                ) -> "FeatureExtractor":
     "The extractor described by a configuration."
-    return cls(cfg.backbone, cfg.weights, cfg.out_indices, cfg.reflect_padding, cfg.pool)
+    return cls(cfg.backbone, cfg.weights, cfg.out_indices, cfg.reflect_padding, cfg.pool, cfg.fine_pool_stride)
 
 # %% ../nbs/01_extractor.ipynb #4f8151a4
 from .weights import (

@@ -61,18 +61,19 @@ def positional_encoding_2d(channels: int,  # number of encoding channels (a mult
     else: _PE_CACHE.move_to_end(key)
     return pe
 
-# %% ../nbs/02_flows.ipynb #1c9dc53a
+# %% ../nbs/02_flows.ipynb #e8526f73
 class CouplingSubnet(nn.Module):
     "MSFlow's coupling network `conv3x3 → LayerNorm(channels) → ReLU → conv3x3` on `[x, condition]`; call as `net(x, context)`."
     def __init__(self, in_channels: int,  # channels of the passive half x1
                  cond_channels: int,  # channels of the condition concatenated to x1 (0: none)
-                 out_channels: int):  # output channels (2 × active half)
+                 out_channels: int,  # output channels (2 × active half)
+                 kernels: Sequence[int] = (3, 3)):  # kernel sizes of the two convolutions (official: 3, 3)
         super().__init__()
         self.in_channels, self.cond_channels = in_channels, cond_channels
-        d = in_channels + cond_channels
-        self.conv1 = nn.Conv2d(d, d, 3, 1, 1)
+        d, (k1, k2) = in_channels + cond_channels, kernels
+        self.conv1 = nn.Conv2d(d, d, k1, 1, k1 // 2)
         self.ln = nn.LayerNorm(d)
-        self.conv2 = nn.Conv2d(d, out_channels, 3, 1, 1)
+        self.conv2 = nn.Conv2d(d, out_channels, k2, 1, k2 // 2)
 
 # %% ../nbs/02_flows.ipynb #0020b57d
 from .speed import cond_conv  # conv(cat([x, context])), the context's part once per batch on the CPU
@@ -87,17 +88,18 @@ def forward(self: CouplingSubnet, x: Tensor, context: Tensor | None = None) -> T
     h = self.ln(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     return self.conv2(F.relu(h))
 
-# %% ../nbs/02_flows.ipynb #21072507
+# %% ../nbs/02_flows.ipynb #2497f01f
 class MSFlowCoupling(AffineCouplingTransform):
     "nflows' affine coupling with MSFlow's parametrisation: log-scale `clamp·tanh(0.1·a_s)`, shift `0.1·a_t`."
     def __init__(self, channels: int,  # feature channels C
                  cond_channels: int = 64,  # channels of the condition (positional encoding)
-                 clamp: float = 1.9):  # soft bound of the log-scale
+                 clamp: float = 1.9,  # soft bound of the log-scale
+                 kernels: Sequence[int] = (3, 3)):  # kernel sizes of the coupling network's convolutions
         if channels < 2: raise MSFlowError(f"a coupling block needs at least 2 channels, got {channels}")
         mask = (torch.arange(channels, device="cpu") >= channels - channels // 2).long()  # 1: transformed (the last ⌊C/2⌋)
         dev = torch.get_default_device()  # the network goes there (`meta` when only counting parameters)...
         def net(n_in, n_out):
-            with torch.device(dev): return CouplingSubnet(n_in, cond_channels, n_out)
+            with torch.device(dev): return CouplingSubnet(n_in, cond_channels, n_out, kernels)
         with torch.device("cpu"): super().__init__(mask, net)  # ...nflows' channel indices to the CPU
         self.clamp = float(clamp)
         for name in ("identity_features", "transform_features"):  # derived from C: not saved with the model
@@ -181,14 +183,15 @@ def _hand_written_block_names(module, state_dict, prefix, *args):
         v = state_dict.pop(k)
         if _HAND_WRITTEN_NAMES[old]: state_dict[prefix + _HAND_WRITTEN_NAMES[old] + rest[len(old):]] = v
 
-# %% ../nbs/02_flows.ipynb #0a89216e
+# %% ../nbs/02_flows.ipynb #91bb3b6b
 class AllInOneBlock(CompositeTransform):
     "One parallel-flow block, FrEIA's `AllInOneBlock` of the official code: `MSFlowCoupling` → `SoftplusAffine` → `Permutation`."
     def __init__(self, channels: int,  # feature channels C
                  cond_channels: int = 64,  # channels of the condition (positional encoding)
                  clamp: float = 1.9,  # soft bound of the log-scale
-                 generator: torch.Generator | None = None):  # RNG for the permutation (default: torch's global one)
-        coupling = MSFlowCoupling(channels, cond_channels, clamp)  # builds the network first, as the official block
+                 generator: torch.Generator | None = None,  # RNG for the permutation (default: torch's global one)
+                 kernels: Sequence[int] = (3, 3)):  # kernel sizes of the coupling network's convolutions
+        coupling = MSFlowCoupling(channels, cond_channels, clamp, kernels)  # builds the network first, as the official block
         perm = Permutation(torch.randperm(channels, generator=generator, device="cpu"), dim=1)
         super().__init__([coupling, SoftplusAffine(channels), perm])
         self.channels = channels
@@ -208,16 +211,17 @@ def _perturb(module: nn.Module, scale: float = 0.5, seed: int = 0) -> nn.Module:
             p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
     return module
 
-# %% ../nbs/02_flows.ipynb #c6ab369b
+# %% ../nbs/02_flows.ipynb #06cdf50e
 class ParallelFlow(CompositeTransform):
     "The conditional flow of one scale: `n_blocks` `AllInOneBlock`s; the positional encoding is supplied as context."
     def __init__(self, channels: int,  # feature channels of this scale
                  n_blocks: int,  # number of coupling blocks
                  cond_channels: int = 64,  # channels of the positional encoding (0: unconditional)
                  clamp: float = 1.9,  # soft bound of the log-scales
-                 generator: torch.Generator | None = None):  # RNG for the permutations
+                 generator: torch.Generator | None = None,  # RNG for the permutations
+                 kernels: Sequence[int] = (3, 3)):  # kernel sizes of the coupling networks' convolutions
         if n_blocks < 1: raise MSFlowError(f"a parallel flow needs at least one block, got {n_blocks}")
-        super().__init__([AllInOneBlock(channels, cond_channels, clamp, generator) for _ in range(n_blocks)])
+        super().__init__([AllInOneBlock(channels, cond_channels, clamp, generator, kernels) for _ in range(n_blocks)])
         self.channels, self.n_blocks, self.cond_channels = channels, n_blocks, cond_channels
 
     def _context(self, x: Tensor, context: Tensor | None) -> Tensor | None:
@@ -235,9 +239,9 @@ class ParallelFlow(CompositeTransform):
         "z (B, C, H, W) → (x, −logdet (B,))."
         return super().inverse(inputs, self._context(inputs, context))
 
-# %% ../nbs/02_flows.ipynb #5b402aa6
+# %% ../nbs/02_flows.ipynb #f7b27edf
 def build_parallel_flows(channels: Sequence[int],  # channels of each scale
-                         cfg: MSFlowConfig | None = None,  # uses parallel_blocks, cond_channels, clamp, seed
+                         cfg: MSFlowConfig | None = None,  # uses parallel_blocks, cond_channels, clamp, coupling_kernels, seed
                          generator: torch.Generator | None = None,  # RNG for permutations (default: seeded with cfg.seed)
                         ) -> nn.ModuleList:
     "One `ParallelFlow` per scale with the depths `cfg.parallel_blocks`."
@@ -245,7 +249,7 @@ def build_parallel_flows(channels: Sequence[int],  # channels of each scale
     if len(channels) != len(cfg.parallel_blocks):
         raise MSFlowError(f"{len(channels)} feature scales but parallel_blocks={cfg.parallel_blocks} has {len(cfg.parallel_blocks)} depths")
     if generator is None: generator = torch.Generator().manual_seed(cfg.seed)
-    return nn.ModuleList([ParallelFlow(c, n, cfg.cond_channels, cfg.clamp, generator)
+    return nn.ModuleList([ParallelFlow(c, n, cfg.cond_channels, cfg.clamp, generator, cfg.coupling_kernels)
                           for c, n in zip(channels, cfg.parallel_blocks)])
 
 # %% ../nbs/02_flows.ipynb #586c2dc6
