@@ -5,30 +5,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
-import shutil
 import time
 import traceback
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from . import engine
-from .core import MSFlowConfig, MSFlowError, get_config
-from .data import DataError, ImageFolder, bad_files_message, list_categories, read_image, resize_image
+from .core import MSFlowError, get_config
+from .data import DataError, list_categories
 from .runs import _pct, write_json
-from .viz import overlay_names
 
 # %% auto #0
 __all__ = ['CLUSTERS', 'TIMING_KEYS', 'SUMMARY_COLUMNS', 'check_cluster', 'ray_session', 'train_category', 'summarize',
-           'summary_table', 'summary_figure', 'write_summary', 'train_categories', 'image_to_uint8', 'predict_cluster',
-           'add_cluster_options']
+           'summary_table', 'summary_figure', 'write_summary', 'train_categories']
 
 # %% ../nbs/25_cluster.ipynb #4a767f37
 CLUSTERS = ("local", "ray", "auto")  # and "ray://HOST:PORT"
@@ -126,6 +121,7 @@ def summary_table(summary: dict, # from `summarize`
         lines += ["", f"Failed ({len(summary['failed'])}):", ""] + [f"- {c}: {e}" for c, e in summary["failed"].items()]
     return "\n".join(lines) + "\n"
 
+# %% ../nbs/25_cluster.ipynb #c25a0005
 def summary_figure(summary: dict, # from `summarize`
                    title: str = "MSFlow per category", # the figure's title
                   ):
@@ -183,6 +179,7 @@ def _categories(data_root, categories) -> list[str]:
     if dup: raise MSFlowError(f"categories named twice: {', '.join(dup)}")
     return cats
 
+# %% ../nbs/25_cluster.ipynb #c25a0002
 def train_categories(data_root, # folder holding the category folders; every worker must be able to read it
                      categories, # category names, or ["all"] for every category folder under `data_root`
                      out, # the RUNS folder: RUNS/<category>/ per category, RUNS/summary.{json,md,png}; every worker must be able to write it
@@ -236,6 +233,7 @@ def train_categories(data_root, # folder holding the category folders; every wor
         + (f"; {len(failed)} failed: {', '.join(failed)}" if failed else "") + f"; summary in {out / 'summary.md'}")
     return summary
 
+# %% ../nbs/25_cluster.ipynb #c25a0004
 def _run_on_ray(ray, data_root, out, todo, threads, gpus_per_task, max_retries, overwrite, fit_kwargs, record, log):
     "One Ray task per category; results recorded as they finish."
     res = ray.cluster_resources()
@@ -264,205 +262,12 @@ def _run_on_ray(ray, data_root, out, todo, threads, gpus_per_task, max_retries, 
             r = dict(category=c, status="failed", error=f"{type(e).__name__}: {_one_line(e)}")
         record(r)
 
-# %% ../nbs/25_cluster.ipynb #89ecb807
-def image_to_uint8(im: Image.Image, # an RGB image
-                   input_size=None, # (height, width) or int to resize to (Lanczos); None keeps the size
-                  ) -> np.ndarray: # uint8 (H, W, 3)
-    "An RGB image resized exactly as `msflow.data.image_to_tensor` resizes it, kept as uint8 (for `Detector.score_images`)."
-    return np.array(resize_image(im, input_size), dtype=np.uint8)
-
-# %% ../nbs/25_cluster.ipynb #11f09aaf
-def _decode_batch(row: dict, input_size) -> dict:
-    "Ray Data map: read and resize one batch of images; unreadable ones are reported, not raised."
-    paths, ims, bad = json.loads(row["paths"]), [], []
-    for j, p in enumerate(paths):
-        try: ims.append(image_to_uint8(read_image(p), input_size))
-        except DataError as e: bad.append((j, str(e)))
-    return dict(batch=row["batch"], n=len(ims), images=np.stack(ims).tobytes() if ims else b"", bad=json.dumps(bad),
-                paths=row["paths"], names=row["names"])
-
-class _Scorer:
-    "Ray Data actor: one replica of the detector, loaded once; scores one decoded batch per call."
-    def __init__(self, run, device, threads, batch_size, heatmaps_dir):
-        if threads: torch.set_num_threads(int(threads))
-        self.det = engine.load(run, device, batch_size=batch_size)
-        self.heatmaps_dir = heatmaps_dir
-
-    def __call__(self, batch: dict) -> dict:
-        h, w = self.det.input_size
-        out = []
-        for i in range(len(batch["batch"])):
-            n, bad = int(batch["n"][i]), json.loads(batch["bad"][i])
-            res = dict(score=[], raw_score=[], bad=bad)
-            if n:
-                ims = np.frombuffer(bytearray(batch["images"][i]), np.uint8).reshape(n, h, w, 3)
-                s = self.det.score_images(ims)
-                res.update(score=[float(v) for v in s["score"]], raw_score=[float(v) for v in s["raw_score"]])
-                if self.heatmaps_dir: self._overlays(batch, i, bad, s["mul"])
-            out.append(json.dumps(res))
-        return dict(batch=np.asarray(batch["batch"]), result=np.asarray(out, dtype=object))
-
-    def _overlays(self, batch, i, bad, maps):
-        from msflow.viz import overlay
-        skip = {j for j, _ in bad}
-        ok = [(p, n) for j, (p, n) in enumerate(zip(json.loads(batch["paths"][i]), json.loads(batch["names"][i]))) if j not in skip]
-        folder = Path(self.heatmaps_dir); folder.mkdir(parents=True, exist_ok=True)
-        for (p, name), m in zip(ok, maps):  # as msflow.viz.write_overlays draws them
-            img = np.asarray(read_image(p), dtype=np.float32) / 255
-            m = torch.nn.functional.interpolate(torch.as_tensor(np.asarray(m, np.float32))[None, None], size=img.shape[:2],
-                                                mode="bilinear", align_corners=True)[0, 0].numpy()
-            Image.fromarray((overlay(img, m, vmin=0.0, vmax=1.0) * 255).round().astype(np.uint8)).save(folder / name)
-
-# %% ../nbs/25_cluster.ipynb #052c3508
-def _model_file(run) -> Path:
-    p = Path(run)
-    return p / "model.pt" if p.is_dir() else p
-
-def _plan(run, input_size, batch_size) -> dict:
-    "What the partial results were computed with: a rerun reuses them only if this is the same."
-    f = _model_file(run); st = f.stat()
-    return dict(model=str(f.resolve()), size=st.st_size, mtime_ns=st.st_mtime_ns, input_size=list(input_size), batch_size=batch_size)
-
-def _read_partial(folder: Path, plan: dict, log) -> dict:
-    "Finished batches from an interrupted run: tuple(paths) -> result; a torn last line is ignored."
-    pf, sf = folder / "plan.json", folder / "scores.jsonl"
-    if not pf.is_file() or not sf.is_file(): return {}
-    try: same = json.loads(pf.read_text()) == plan
-    except ValueError: same = False
-    if not same:
-        log(f"msflow: {folder} holds partial results of another model or batch size: starting again"); return {}
-    done = {}
-    for line in sf.read_text().splitlines():
-        try: r = json.loads(line); done[tuple(r["paths"])] = r
-        except (ValueError, KeyError, TypeError): continue
-    return done
-
-def _actors_default(ray, cpus_per_actor: int, gpu: bool) -> int:
-    res = ray.cluster_resources()
-    if gpu: return max(1, int(res.get("GPU", 0)))
-    return max(1, (int(res.get("CPU", 1)) - 1) // cpus_per_actor)  # one CPU is left for reading and decoding
-
-def predict_cluster(run, # a run folder or its model.pt (every worker must be able to read it)
-                    paths, # image files or folders (searched recursively), as for `msflow.engine.predict`
-                    out, # folder for scores.csv (and heatmaps/, skipped.txt); OUT/.partial/ holds the progress of an unfinished run
-                    cluster: str = "ray", # "ray" (a Ray cluster on this machine), "auto" or "ray://HOST:PORT" (join one), or "local" (`msflow.engine.predict`'s path)
-                    num_actors: int | None = None, # model replicas (None: one per GPU, or the CPUs but one / cpus_per_actor)
-                    batch_size: int | None = None, # images per batch (None: the model's; the same value gives the same scores as the local path)
-                    cpus_per_actor: int = 1, # CPUs (and PyTorch threads) per replica
-                    heatmaps: bool = False, # also write one overlay per image in OUT/heatmaps/
-                    skip_bad: bool = False, # leave unreadable images out (listed in skipped.txt) instead of failing
-                    device: str | None = None, # where replicas run: None for CUDA when the cluster has GPUs, else "cpu"
-                    log=print) -> list[dict]: # rows (path, score, raw_score, anomalous), in the order of the local path
-    "Score many images on a Ray cluster: parallel decoding, a streaming pool of model replicas; writes `out/scores.csv` like `msflow.engine.predict`."
-    check_cluster(cluster)
-    det = engine.load(run)  # the configuration and thresholds (and a clear error for a wrong path)
-    out = Path(os.path.abspath(out))
-    if cluster == "local":
-        if batch_size: det.model.config = det.config.replace(batch_size=int(batch_size))
-        if device: det.model.config = det.config.replace(device=device); det.model.to(device)
-        folder = det.image_folder(paths, skip_bad)
-        if folder.left_out: log(f"msflow: left out {len(folder.left_out)} file(s) without an image extension: {engine._names(folder.left_out)}")
-        sc = det.score_paths(folder, progress=False)
-        rows = det.rows(sc)
-        engine.write_predictions(rows, sc, out, folder.skipped, heatmaps=heatmaps)
-        return rows
-    paths = list(paths) if isinstance(paths, (list, tuple)) else [paths]
-    folder = ImageFolder(paths, det.input_size, recursive=True)  # listed as the local path lists them; decoded on the workers
-    if folder.left_out: log(f"msflow: left out {len(folder.left_out)} file(s) without an image extension: {engine._names(folder.left_out)}")
-    files = [str(p) for p in folder.paths]  # as the local path writes them in scores.csv
-    full = [os.path.abspath(p) for p in files]  # what the workers open
-    bs = int(batch_size or det.config.batch_size)
-    if bs < 1: raise MSFlowError(f"batch_size must be at least 1, got {batch_size}")
-    names = overlay_names(files)
-    batches = [(full[i:i + bs], names[i:i + bs]) for i in range(0, len(files), bs)]
-    plan = _plan(run, det.input_size, bs)
-    part = out / ".partial"
-    done = _read_partial(part, plan, log)
-    part.mkdir(parents=True, exist_ok=True)
-    if not (part / "plan.json").is_file() or not done:
-        (part / "scores.jsonl").write_text(""); write_json(part / "plan.json", plan)
-    todo = [i for i, (p, _) in enumerate(batches) if tuple(p) not in done]
-    if len(todo) < len(batches): log(f"msflow: {len(batches) - len(todo)} of {len(batches)} batches already scored in {part}: continuing")
-    if todo:
-        with ray_session(cluster, num_cpus=max(os.cpu_count() or 1, (num_actors or 1) * cpus_per_actor + 1), log=log) as ray:
-            _score_on_ray(ray, run, batches, todo, det.input_size, bs, num_actors, cpus_per_actor, device,
-                          out / "heatmaps" if heatmaps else None, skip_bad, part, done, log)
-    rows, skipped = [], []
-    for k, (p, _) in enumerate(batches):
-        r, given = done[tuple(p)], files[k * bs:(k + 1) * bs]
-        bad = dict((j, why) for j, why in r["bad"])
-        skipped += [(Path(given[j]), why) for j, why in r["bad"]]
-        ok = [q for j, q in enumerate(given) if j not in bad]
-        rows += [dict(path=q, score=s, raw_score=rs, anomalous=bool(s > det.image_threshold)) for q, s, rs in zip(ok, r["score"], r["raw_score"])]
-    if skipped and not skip_bad:
-        raise DataError(bad_files_message(skipped, len(files)) + ", or pass --skip-bad (skip_bad=True) to score without "
-                        + ("it" if len(skipped) == 1 else "them") + f"; the other images' scores are kept in {part}: rerun to finish")
-    if skipped: log(f"msflow: skipped {len(skipped)} unreadable image(s): {engine._names([p for p, _ in skipped])} (all listed in {out / 'skipped.txt'})")
-    if not rows: raise DataError(bad_files_message(skipped, len(files)) + ": no readable image is left to score")
-    engine.write_predictions(rows, None, out, skipped, heatmaps=False)
-    shutil.rmtree(part, ignore_errors=True)
-    log(f"msflow: {len(rows)} images scored; {out / 'scores.csv'}")
-    return rows
-
-def _score_on_ray(ray, run, batches, todo, input_size, bs, num_actors, cpus_per_actor, device, heatmaps_dir, skip_bad, part, done, log):
-    "The streaming pipeline: decode tasks -> actor pool; each finished batch appended to the partial file."
-    import ray.data
-    res = ray.cluster_resources()
-    gpu = (device or ("cuda" if res.get("GPU", 0) > 0 else "cpu")).startswith("cuda")
-    n = int(num_actors or _actors_default(ray, cpus_per_actor, gpu))
-    if not gpu and n * cpus_per_actor >= res.get("CPU", 0):
-        raise MSFlowError(f"{n} actor(s) of {cpus_per_actor} CPU(s) take all {int(res.get('CPU', 0))} CPUs of the Ray cluster and "
-                          "leave none for reading images: use fewer --actors")
-    ctx = ray.data.DataContext.get_current()
-    ctx.print_on_execution_start = False; ctx.verbose_stats_logs = False
-    log(f"msflow: scoring {sum(len(batches[i][0]) for i in todo)} images in {len(todo)} batches with {n} "
-        f"{'GPU' if gpu else 'CPU'} replica(s) of the model")
-    items = [dict(batch=i, paths=json.dumps(batches[i][0]), names=json.dumps(batches[i][1])) for i in todo]
-    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
-    # decoding stays in its own CPU tasks: `max_calls=0` (unlimited, the default of tasks) is a task-only argument,
-    # which keeps Ray Data from fusing the decoding into the actors
-    ds = ds.map(_decode_batch, fn_kwargs=dict(input_size=tuple(input_size)), num_cpus=1, max_calls=0)
-    ds = ds.map_batches(_Scorer, batch_size=1, compute=ray.data.ActorPoolStrategy(size=n), num_cpus=cpus_per_actor,
-                        num_gpus=1 if gpu else 0, fn_constructor_kwargs=dict(run=str(Path(os.path.abspath(run))),
-                        device="cuda" if gpu else "cpu", threads=cpus_per_actor, batch_size=bs,
-                        heatmaps_dir=str(heatmaps_dir) if heatmaps_dir else None))
-    rd_log = logging.getLogger("ray.data"); level = rd_log.level
-    rd_log.setLevel(logging.ERROR)  # Ray Data's progress and "execution finished" messages
-    with open(part / "scores.jsonl", "a") as f, contextlib.ExitStack() as stack:
-        stack.callback(rd_log.setLevel, level)
-        stack.callback(setattr, ctx, "enable_progress_bars", ctx.enable_progress_bars); ctx.enable_progress_bars = False
-        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for i, r in zip(b["batch"], b["result"]):
-                r = {**json.loads(r), "paths": batches[int(i)][0]}
-                if skip_bad or not r["bad"]: f.write(json.dumps(r) + "\n"); f.flush()  # else: redone once the files are fixed
-                done[tuple(r["paths"])] = r
-
-# %% ../nbs/25_cluster.ipynb #b9f000af
-def _cluster_arg(s: str) -> str:
-    try: return check_cluster(s)
-    except MSFlowError as e: raise argparse.ArgumentTypeError(str(e)) from None
-
-def _positive_int(s: str) -> int:
-    try: v = int(s)
-    except ValueError: raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 1: raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-def add_cluster_options(group, # an `argparse.ArgumentParser` or one of its argument groups
-                       ):
-    "Add `--cluster`, `--cpus-per-task` and `--actors` (for `train_categories` and `predict_cluster`) to `group`."
-    group.add_argument("--cluster", type=_cluster_arg, default="local", metavar="WHERE",
-                       help="where to run: 'local' (default: in this process, one category after another), 'ray' (start a "
-                            "Ray cluster on this machine for the command and stop it at the end), 'auto' (join the Ray "
-                            "cluster running on this machine) or 'ray://HOST:PORT' (join a remote one). On Ray each category "
-                            "is one task and a task whose worker dies is retried, resuming from its last checkpoint; the "
-                            "data root and the output folder must be paths every worker can read and write (a shared "
-                            "file system), and msflow must be installed on every node")
-    group.add_argument("--cpus-per-task", type=_positive_int, default=1, metavar="N",
-                       help="CPUs, and PyTorch threads, for each category being trained (default 1: on Ray, as many "
-                            "categories at once as the cluster has CPUs; locally, one thread). On the CPU a category "
-                            "gives bitwise the same model wherever it runs with the same N")
-    group.add_argument("--actors", type=_positive_int, default=None, metavar="N",
-                       help="predict on Ray: number of model replicas scoring in parallel (default: one per GPU, or "
-                            "one per CPU but one, leaving a CPU to read and decode images)")
-    return group
+# %% ../nbs/25_cluster.ipynb #c25a000d
+def __getattr__(name): # `from msflow.cluster import predict_cluster` (or add_cluster_options) keeps working
+    if name in ("predict_cluster", "image_to_uint8"):
+        from msflow import cluster_predict
+        return getattr(cluster_predict, name)
+    if name == "add_cluster_options":  # defined with the other options in msflow.cli, which must not import torch
+        from msflow.cli import add_cluster_options
+        return add_cluster_options
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,6 @@
 # %% ../nbs/22_detector.ipynb #f59a98a3
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,10 +18,10 @@ from tqdm.auto import tqdm
 from .anomaly_map import score_maps
 from .core import MSFlowConfig, MSFlowError, autocast_dtype, get_device
 from .data import ImageFolder, collate
-from .metrics import Scores, quantile_threshold
+from .metrics import Scores
 from .model import MSFlow
 from .runs import atomic_save, partial_folder
-from .train import CHECKPOINT_FORMAT, FeatureCache, amp_context, compiled, train_flows
+from .train import CHECKPOINT_FORMAT, amp_context, compiled
 
 # %% auto #0
 __all__ = ['FORMAT', 'FORMAT_VERSION', 'RUNTIME_OPTIONS', 'score_batches', 'score_dataset', 'Detector', 'load_detector']
@@ -68,7 +67,7 @@ def score_dataset(model: MSFlow, # a trained model
 # %% ../nbs/22_detector.ipynb #cdef14c2
 FORMAT, FORMAT_VERSION = "msflow-model", 1
 
-@dataclass
+@dataclass(repr=False)
 class Detector:
     "A trained MSFlow model with its decision thresholds."
     model: MSFlow
@@ -83,6 +82,13 @@ class Detector:
     def input_size(self) -> tuple[int, int]:
         "(height, width) that images are resized to."
         return tuple(self.config.input_size)
+
+# %% ../nbs/22_detector.ipynb #d22a0008
+@patch
+def __repr__(self: Detector) -> str:
+    c = self.config
+    return (f"Detector({c.backbone} at {c.input_size[0]}x{c.input_size[1]}, blocks={tuple(c.parallel_blocks)}, heads={c.heads}, "
+            f"device={c.device}, image_threshold={self.image_threshold:.4g}, pixel_threshold={self.pixel_threshold:.4g})")
 
 # %% ../nbs/22_detector.ipynb #b59f66e3
 @patch

@@ -28,7 +28,8 @@ from .detector import Detector, load_detector, score_dataset
 from .viz import write_figures, write_overlays
 
 # %% auto #0
-__all__ = ['RESUME_MAY_CHANGE', 'fit', 'evaluate', 'write_predictions', 'predict', 'load']
+__all__ = ['RESUME_MAY_CHANGE', 'BACKENDS', 'fit', 'evaluate', 'write_predictions', 'predict', 'choose_backend', 'to_onnxruntime',
+           'load']
 
 # %% ../nbs/24_engine.ipynb #048874cb
 RESUME_MAY_CHANGE = ("lr", "amp", "device", "num_workers", "compile", "cache_dtype", "cache_budget_gb", "top_k", "threshold_quantile")
@@ -245,11 +246,50 @@ def predict(det, # a detector, or a run folder / model.pt / .onnx file to load
     if out is not None: write_predictions(rows, sc, out, ds.skipped, heatmaps)
     return rows
 
+# %% ../nbs/24_engine.ipynb #a3e1c0d2
+BACKENDS = ("auto", "torch", "onnxruntime")
+_TORCH_ONLY = ("amp", "backbone_amp", "compile")  # scoring options that only PyTorch has
+
+def choose_backend(path, # a run folder, its model.pt, or an exported .onnx file
+                   backend: str = "auto", # "auto", "torch" or "onnxruntime"
+                   device="cpu", # where it will run ("auto": CUDA when there is a GPU)
+                   **runtime) -> str: # scoring options, as for `load`
+    "'torch' or 'onnxruntime': what `load` runs `path` on."
+    if backend not in BACKENDS: raise MSFlowError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    onnx, torch_only = Path(path).suffix.lower() == ".onnx", [k for k in _TORCH_ONLY if runtime.get(k) not in (None, False, "off")]
+    if torch_only and (onnx or backend == "onnxruntime"):
+        raise MSFlowError(f"{', '.join(torch_only)} {'is a PyTorch option' if len(torch_only) == 1 else 'are PyTorch options'}: "
+                          "ONNX Runtime scores the float32 graph; use the torch backend with a run folder")
+    if onnx: return "onnxruntime"
+    if backend != "auto": return backend
+    return "torch" if torch_only or get_device(device).type != "cpu" else "onnxruntime"
+
+# %% ../nbs/24_engine.ipynb #a3e1c0d6
+def to_onnxruntime(det: Detector, # a PyTorch detector loaded from `path`
+                   path, # its run folder or model.pt
+                   log=None, # told when the model is exported
+                   threads: int | None = None, # ONNX Runtime intra-op threads (None: its default)
+                  ):
+    "`det` on ONNX Runtime: exported once to the run folder's model.onnx, reused while the model is unchanged."
+    from msflow.deploy import onnx_detector
+    run = Path(path) if Path(path).is_dir() else Path(path).parent
+    if log is not None and not (run / "model.onnx").is_file():
+        log(f"msflow: exporting {path} to ONNX for ONNX Runtime (once; the torch backend skips this)")
+    return onnx_detector(det, cache_dir=run if os.access(run, os.W_OK) else None, threads=threads)
+
 def load(path, # a run folder, its model.pt, or an exported .onnx file
          device="cpu",
-         **runtime) -> Detector:  # scoring options: amp, backbone_amp, batch_size, num_workers, compile (PyTorch); providers (ONNX)
-    "Load a trained detector, whatever the backend: one interface (`predict`, `score_images`, `score_paths`) for PyTorch and ONNX Runtime."
+         backend: str = "torch", # "torch", "onnxruntime" or "auto" (see `choose_backend`); an .onnx file runs on ONNX Runtime
+         log=None, # told when a run is exported for ONNX Runtime
+         **runtime) -> Detector: # batch_size, num_workers; amp, backbone_amp, compile (PyTorch); threads (ONNX Runtime)
+    "Load a trained detector on the backend asked for: one interface (`predict`, `score_images`, `score_paths`) for PyTorch and ONNX Runtime."
+    kind = choose_backend(path, backend, device, **runtime)
     if Path(path).suffix.lower() == ".onnx":
         from msflow.deploy import load_onnx
         return load_onnx(path, device, **runtime)
-    return load_detector(path, device, **runtime)
+    if kind == "torch": return load_detector(path, device, **runtime)
+    runtime = {k: v for k, v in runtime.items() if k not in _TORCH_ONLY}  # "off"/False/None: nothing for the float32 graph
+    det = load_detector(path, device, batch_size=runtime.pop("batch_size", None), num_workers=runtime.pop("num_workers", None))
+    threads = runtime.pop("threads", None)
+    if runtime: raise MSFlowError(f"load() cannot set {', '.join(sorted(runtime))}")
+    return to_onnxruntime(det, path, log, threads)

@@ -1,8 +1,9 @@
-"""Many categories and large image sets on Ray (`msflow.cluster`): a local Ray cluster of 2 CPUs, started once for
-the file and shut down at the end, trains tiny demo categories; a worker killed mid-training is retried and
-resumes from its checkpoint; a category with bad data fails alone; Ray and local runs agree bitwise; Ray
-prediction writes the same scores.csv as the local path, and an interrupted one continues."""
-import json, os, shutil, signal, sys
+"""Many categories and large image sets on Ray (`msflow.cluster`, `msflow.cluster_predict`): a local Ray cluster of
+2 CPUs, started once for the file and shut down at the end, trains tiny demo categories; a worker killed
+mid-training is retried and resumes from its checkpoint; a category with bad data fails alone; Ray and local runs
+agree bitwise; `msflow predict` writes the same scores.csv with and without `--cluster ray`, on either backend, and
+an interrupted Ray prediction continues."""
+import contextlib, io, json, os, shutil, signal, sys
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,11 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from msflow.cluster import TIMING_KEYS, predict_cluster, train_categories
+from msflow import cluster, cli
+from msflow.cluster import TIMING_KEYS, train_categories
+from msflow.cluster_predict import predict_cluster
 from msflow.demo_data import make_demo_dataset
-from msflow.engine import predict
+from msflow.engine import load, predict
 
 torch.set_num_threads(1)
 TINY = dict(weights="random", input_size=64, epochs=2, batch_size=4, parallel_blocks=(1, 1, 1), device="cpu")
@@ -116,19 +119,45 @@ def test_rerun_skips_finished(ray_runs, data):
     assert sum("already trained" in l for l in lines) == 2
 
 
+def msflow_predict(*args) -> str:
+    "`msflow predict ARGS --quiet --no-heatmaps` in this process; its scores.csv (the folder after --out)."
+    with contextlib.redirect_stdout(io.StringIO()): assert cli.main(["predict", *args, "--quiet", "--no-heatmaps"]) == 0
+    return (Path(args[args.index("--out") + 1]) / "scores.csv").read_text()
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_msflow_predict_same_scores_with_and_without_ray(ray_cluster, local_runs, data, tmp_path, backend):
+    "The same command with and without --cluster ray: byte-identical scores.csv (auto: ONNX Runtime on the CPU, exported once)."
+    run, imgs = local_runs[0] / "grass", str(data / "grass/test")
+    here = msflow_predict("--run", str(run), imgs, "--out", str(tmp_path / "local"), "--backend", backend)
+    assert here.count("\n") == 7  # the header and 6 images
+    if backend == "auto":
+        exported = (run / "model.onnx").stat().st_mtime_ns  # exported by the local command...
+        on_ray = msflow_predict("--run", str(run), imgs, "--out", str(tmp_path / "ray"), "--cluster", "ray")
+        assert (run / "model.onnx").stat().st_mtime_ns == exported  # ...and reused on Ray
+    else:  # the library call of `msflow predict --cluster ray`, with the backend; PyTorch's sums depend on the thread
+        # count, and this process scores on 1 thread (above), as the replica (cpus_per_actor=1)
+        predict_cluster(run, [imgs], tmp_path / "ray", cluster="ray", num_actors=1, backend=backend, log=lambda *a: None)
+        on_ray = (tmp_path / "ray/scores.csv").read_text()
+    assert on_ray == here
+
+
 def test_predict_ray_equals_local(ray_cluster, local_runs, data, tmp_path):
+    "An interrupted Ray prediction keeps its finished batches and continues; PyTorch replicas, with the local path's batches."
+    assert cluster.predict_cluster is predict_cluster  # still importable from msflow.cluster
     run = local_runs[0] / "brick"
     imgs = tmp_path / "imgs"
     shutil.copytree(data / "brick/test", imgs)
     (imgs / "good/000.png").rename(imgs / "good/000.keep")
     (imgs / "good/000.png").write_bytes(b"broken")  # interrupts the first run: every other batch is scored and kept
     with pytest.raises(Exception, match="000.png"):
-        predict_cluster(run, [imgs], tmp_path / "ray", cluster="ray", num_actors=1, log=lambda *a: None)
+        predict_cluster(run, [imgs], tmp_path / "ray", cluster="ray", num_actors=1, backend="torch", log=lambda *a: None)
     assert (tmp_path / "ray/.partial/scores.jsonl").read_text().count("\n") == 1  # 6 images, batches of 4: one kept
     (imgs / "good/000.keep").replace(imgs / "good/000.png")
     lines = []
-    rows = predict_cluster(run, [imgs], tmp_path / "ray", cluster="ray", num_actors=1, log=lines.append)
+    rows = predict_cluster(run, [imgs], tmp_path / "ray", cluster="ray", num_actors=1, backend="torch", log=lines.append)
     assert any("1 of 2 batches already scored" in l for l in lines), lines
-    ref = predict(run, [imgs], tmp_path / "local", progress=False, log=lambda *a: None)
+    assert any("replica(s) of the model on PyTorch" in l for l in lines), lines
+    ref = predict(load(run), [imgs], tmp_path / "local", progress=False, log=lambda *a: None)
     assert (tmp_path / "ray/scores.csv").read_text() == (tmp_path / "local/scores.csv").read_text()
     assert rows == ref and not (tmp_path / "ray/.partial").exists()

@@ -28,6 +28,13 @@ def assert_same(got: dict, ref: dict, rtol=1e-4):
         np.testing.assert_allclose(got[k], ref[k], rtol=rtol, atol=rtol * max(1.0, float(np.abs(ref[k]).max())), err_msg=k)
 
 
+def assert_same_rows(rows: list[dict], ref: list[dict]):
+    "Predictions of the two backends: the same images, scores and raw scores equal to float32 rounding, the same decisions."
+    assert [r["path"] for r in rows] == [r["path"] for r in ref]
+    for k in ("score", "raw_score"): np.testing.assert_allclose([r[k] for r in rows], [r[k] for r in ref], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert [r["anomalous"] for r in rows] == [r["anomalous"] for r in ref]
+
+
 @pytest.fixture(scope="session")
 def data(tmp_path_factory):
     return make_demo_dataset(tmp_path_factory.mktemp("data"), categories=["brick"], n_train=8, n_test=6, size=64)
@@ -114,8 +121,7 @@ def test_predict_with_either_backend(det, data, exported, tmp_path):
     assert isinstance(od, OnnxDetector) and od.config.batch_size == 3
     rows = engine.predict(od, [str(test_dir)], tmp_path / "pred", progress=False, log=quiet)
     ref = det.predict(test_dir, progress=False)
-    assert [r["path"] for r in rows] == [r["path"] for r in ref]
-    np.testing.assert_allclose([r["raw_score"] for r in rows], [r["raw_score"] for r in ref], rtol=1e-4)
+    assert_same_rows(rows, ref)
     assert (tmp_path / "pred" / "scores.csv").is_file()
 
 
