@@ -1,8 +1,8 @@
 """Write README.md from nbs/index.ipynb (the home page of the docs), so the two never drift apart.
 
 Markdown cells are copied; visible code cells become ```python blocks (their saved text outputs are
-dropped); `#| hide` cells are skipped. Links to docs pages (`page.html`) and images (`images/...`) are
-rewritten to work from the repository root. Usage: python tools/make_readme.py [--check]
+dropped); `#| hide` cells are skipped. Links to notebooks (`page.ipynb`, which code hosts render) and
+images (`images/...`) are rewritten to work from the repository root. Usage: python tools/make_readme.py [--check]
 """
 import json, re, sys
 from pathlib import Path
@@ -17,7 +17,7 @@ def render() -> str:
         src = "".join(c["source"]).strip("\n")
         if c["cell_type"] == "markdown":
             src = re.sub(r"\]\((images/[^)]+)\)", r"](nbs/\1)", src)
-            src = re.sub(r"\]\(([\w.-]+\.html)\)", r"](docs/\1)", src)
+            src = re.sub(r"\]\(([\w.-]+\.ipynb(?:#[^)]*)?)\)", r"](nbs/\1)", src)
             parts.append(src)
         elif c["cell_type"] == "code" and not src.lstrip().startswith("#| hide") and "#| hide" not in src.split("\n")[0]:
             parts.append("```python\n" + src + "\n```")
