@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -130,3 +131,25 @@ def table(rows: list[dict], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _clean(o):
+    "`o` with every non-finite float replaced by None (strict JSON)."
+    if isinstance(o, float) and not np.isfinite(o): return None
+    if isinstance(o, dict): return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_clean(v) for v in o]
+    return o
+
+
+def summarise(runs: list[dict], maps, keys, map_key: str = "maps") -> list[dict]:
+    "Mean ± std over seeds per variant, schedule and map (the `maps` every run of the group scored), for a table."
+    rows = []
+    for v, e in dict.fromkeys((r["variant"], r["epochs"]) for r in runs):
+        rs = [r for r in runs if r["variant"] == v and r["epochs"] == e]
+        for m in [m for m in maps if all(m in r["metrics"] for r in rs)]:
+            row = {"variant": v, "epochs": e, map_key: m, "seeds": len(rs)}
+            for k in keys:
+                xs = [r["metrics"][m][k] for r in rs if r["metrics"][m].get(k) is not None]
+                row[k] = f"{100 * np.mean(xs):.1f} ± {100 * np.std(xs):.1f}" if xs else "n/a"
+            rows.append(row)
+    return rows

@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
 import torch
 
-from common import RESULTS, dev_data, environment, loadavg, table, write_result
+from common import _clean, summarise as _summarise, RESULTS, dev_data, environment, loadavg, table, write_result
 from msflow.anomaly_map import image_score
 from msflow.core import get_config, get_device
 from msflow.data import MVTecDataset
@@ -65,25 +65,9 @@ def both_maps_metrics(sc, top_k: float) -> dict:
     return out
 
 
-def _clean(o):
-    if isinstance(o, float) and not np.isfinite(o): return None
-    if isinstance(o, dict): return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [_clean(v) for v in o]
-    return o
-
-
 def summarise(runs: list[dict]) -> list[dict]:
     "Mean and std over seeds per variant and map, for the table."
-    rows = []
-    for v, e in dict.fromkeys((r["variant"], r["epochs"]) for r in runs):
-        rs = [r for r in runs if r["variant"] == v and r["epochs"] == e]
-        for m in [m for m in ("official", "add", "mul", "raw") if all(m in r["metrics"] for r in rs)]:
-            row = dict(variant=v, epochs=e, maps=m, seeds=len(rs))
-            for k in ("image_auroc", "pixel_auroc", "aupro", "aupro_paper"):
-                xs = [r["metrics"][m][k] for r in rs if r["metrics"][m][k] is not None]
-                row[k] = f"{100 * np.mean(xs):.1f} ± {100 * np.std(xs):.1f}" if xs else "n/a"
-            rows.append(row)
-    return rows
+    return _summarise(runs, ("official", "add", "mul", "raw"), ("image_auroc", "pixel_auroc", "aupro", "aupro_paper"), "maps")
 
 
 def main(argv=None):
