@@ -272,6 +272,9 @@ class DocEntry:
         self.nm = name or getattr(sym, "__qualname__", None) or getattr(sym, "__name__", str(sym))
         self.title_level = min(max(int(title_level), 2), 5)
         self.kind = "class" if inspect.isclass(sym) else "function"
+        if isinstance(sym, property) and sym.fget is not None:  # a property added with @patch(as_prop=True)
+            self.sym, self.kind = sym.fget, "property"
+            self.nm = name or getattr(sym.fget, "__qualname__", None) or sym.fget.__name__
 
     def _entry(self, name, obj, kind, level, members=True) -> str:
         import inspect
